@@ -1,0 +1,56 @@
+"""The VAEs the benchmark runs: the SD/SDXL architecture with seeded random weights (the embedded
+default), or a user's .safetensors file in diffusers or original (ldm) layout."""
+import os
+
+import torch
+
+SD_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    sample_size=512, scaling_factor=0.18215,
+)
+# The SD 1.x and SDXL VAEs share this architecture; 16-channel VAEs (SD3, Flux) add latent channels
+# and drop the quant convs.
+ARCHES = {
+    "sd": SD_CONFIG,
+    "sdxl": dict(SD_CONFIG, scaling_factor=0.13025, sample_size=1024),
+    "sd3": dict(SD_CONFIG, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                scaling_factor=1.5305, shift_factor=0.0609),
+}
+
+
+def build(arch="sd", seed=0):
+    from diffusers import AutoencoderKL
+    torch.manual_seed(seed)
+    return AutoencoderKL(**ARCHES[arch]).eval()
+
+
+def _is_ldm_layout(keys):
+    return any(k.startswith(("first_stage_model.", "decoder.up.", "encoder.down.")) for k in keys)
+
+
+def load_file(path):
+    """A diffusers AutoencoderKL with the weights of `path` (.safetensors, diffusers or ldm layout)."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file as load_safetensors
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such VAE file: {path}")
+    state = load_safetensors(path)
+    keys = list(state)
+    if any(k.startswith("first_stage_model.") for k in keys):
+        state = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")}
+    conv_in = state.get("decoder.conv_in.weight")
+    if conv_in is None:
+        raise ValueError(f"{path} holds no VAE decoder (no decoder.conv_in.weight)")
+    latent_channels = conv_in.shape[1]
+    config = dict(ARCHES["sd3" if latent_channels == 16 else "sd"])
+    config["use_quant_conv"] = config["use_post_quant_conv"] = "quant_conv.weight" in state
+    if _is_ldm_layout(keys):
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+        state = convert_ldm_vae_checkpoint(state, config)
+    vae = AutoencoderKL(**config)
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} weights missing, e.g. {missing[0]}")
+    return vae.eval()

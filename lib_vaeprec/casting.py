@@ -1,0 +1,104 @@
+"""Casting a VAE's weights to a dtype, and putting the host's own weights back bit for bit.
+
+The originals are kept on the CPU (casting is about saving accelerator memory). Each cast
+parameter's version counter is remembered: if the host writes new weights into the module behind
+our back (a VAE reload does `load_state_dict`, an in-place write that bumps the counter), the
+host's new values are adopted as the originals instead of being overwritten by a stale copy.
+A plain `.to(dtype)` or `.to(device)` by the host leaves the counter alone: the originals stay valid.
+"""
+import torch
+
+NORM_TYPES = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+# Output convolutions kept in fp32 by the mixed policy (same names in diffusers, ldm, sgm and the Forge backends).
+MIXED_FP32_NAMES = ("decoder.conv_out", "quant_conv")   # exact names, or ending in "." + name
+
+
+def _slots(module):
+    """Every floating tensor slot (owner, dict name, key), each tensor once (tied weights)."""
+    seen = set()
+    for owner in module.modules():
+        for store in ("_parameters", "_buffers"):
+            for key, tensor in getattr(owner, store).items():
+                if tensor is None or not tensor.is_floating_point() or id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                yield owner, store, key
+
+
+def _get(slot):
+    owner, store, key = slot
+    return getattr(owner, store)[key]
+
+
+def _set_data(slot, value):
+    owner, store, key = slot
+    tensor = getattr(owner, store)[key]
+    if store == "_parameters":
+        tensor.data = value          # keep the Parameter object: the host may hold references to it
+    else:
+        getattr(owner, store)[key] = value
+
+
+def _version(tensor):
+    return tensor._version
+
+
+def fp32_module_names(module):
+    """Names of the submodules the mixed policy keeps in fp32."""
+    names = set()
+    for name, sub in module.named_modules():
+        if isinstance(sub, NORM_TYPES) or name in MIXED_FP32_NAMES or name.endswith(
+                tuple("." + n for n in MIXED_FP32_NAMES)):
+            names.add(name)
+    return names
+
+
+class WeightCast:
+    def __init__(self, module):
+        self.module = module
+        self._originals = {}     # slot -> original tensor (CPU copy or the original CPU tensor)
+        self._cast_prints = {}   # slot -> fingerprint right after we cast it
+
+    @property
+    def active(self):
+        return bool(self._originals)
+
+    def _adopt_host_changes(self):
+        for slot, print_ in list(self._cast_prints.items()):
+            if _version(_get(slot)) != print_:
+                # The host rewrote or recast this tensor: what it holds now is the host's truth.
+                del self._cast_prints[slot]
+                self._originals.pop(slot, None)
+
+    def cast(self, dtype, keep_fp32=()):
+        """Casts floating weights to `dtype`; submodules named in keep_fp32 to float32."""
+        self._adopt_host_changes()
+        targets = {}
+        for name, sub in self.module.named_modules():
+            if name in keep_fp32:
+                for slot in _slots(sub):
+                    targets[slot] = torch.float32
+        with torch.no_grad():
+            for slot in _slots(self.module):
+                target = targets.get(slot, dtype)
+                tensor = _get(slot)
+                if tensor.dtype == target:
+                    continue
+                if slot in self._originals:
+                    # Re-cast from the original, not from whatever the host turned our copy into.
+                    source = self._originals[slot].to(tensor.device)
+                else:
+                    source = tensor.data
+                    self._originals[slot] = source if source.device.type == "cpu" else source.to("cpu")
+                _set_data(slot, source.to(target))
+                self._cast_prints[slot] = _version(_get(slot))
+
+    def restore(self):
+        """Puts the original tensors back, on whatever device the host has the module now."""
+        self._adopt_host_changes()
+        with torch.no_grad():
+            for slot, original in self._originals.items():
+                device = _get(slot).device
+                _set_data(slot, original if original.device == device else original.to(device))
+        self._originals.clear()
+        self._cast_prints.clear()

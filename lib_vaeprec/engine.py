@@ -1,0 +1,224 @@
+"""The VAE call path: cast in, run (tiled when asked or when memory runs out), guard, fp32 out, measure.
+
+`VaeEngine` attaches to one VAE module (diffusers AutoencoderKL, ldm/sgm AutoencoderKL, the Forge
+backends' VAE modules: anything with `decode(z, ...)` and `encode(x, ...)`) by shadowing those two
+methods on the instance. `detach()` removes every trace: the methods (or whatever the host had put
+there before us), the weights' dtype and device, the hooks.
+"""
+import logging
+import types
+
+import torch
+
+from . import dtypes, guard, memory, outputs, policy, tiling
+from .casting import WeightCast, fp32_module_names, NORM_TYPES
+from .device_caps import caps_of
+from .offload import Offloader
+from .options import VaeOptions
+from .stats import CallStats, dtype_label, measure
+
+log = logging.getLogger("vae_precision")
+_warned = set()
+
+
+def warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("VAE Precision: %s", message)
+
+
+class _MixedHooks:
+    """Runs the modules kept in fp32 on fp32 inputs, and hands norms' outputs back in the compute dtype."""
+
+    def __init__(self):
+        self._handles = []
+        self.key = None
+
+    def install(self, module, names, compute_dtype):
+        self.remove()
+        for name, sub in module.named_modules():
+            if name not in names:
+                continue
+            self._handles.append(sub.register_forward_pre_hook(_upcast_inputs))
+            if isinstance(sub, NORM_TYPES):
+                self._handles.append(sub.register_forward_hook(
+                    lambda m, args, out, dtype=compute_dtype: out.to(dtype)))
+        self.key = compute_dtype
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.key = None
+
+
+def _upcast_inputs(module, args):
+    return tuple(a.float() if dtypes.is_float(a) else a for a in args)
+
+
+class VaeEngine:
+    METHODS = ("decode", "encode")
+
+    def __init__(self, module, options: VaeOptions = VaeOptions(), fp16_safe=True, on_call=None):
+        self.module = module
+        self.options = options
+        self.fp16_safe = fp16_safe          # learned False after an fp16 overflow under 'auto'
+        self.on_call = on_call              # receives each CallStats
+        self.caster = WeightCast(module)
+        self.offloader = Offloader(options.offload)
+        self._mixed = _MixedHooks()
+        self._shadowed = {}                 # method name -> what the instance dict held before (or None)
+        self.last_call = None
+
+    # ----- attaching -----
+    @property
+    def attached(self):
+        return bool(self._shadowed)
+
+    def attach(self):
+        if self.attached:
+            return self
+        for name in self.METHODS:
+            if not hasattr(self.module, name):
+                continue
+            previous = self.module.__dict__.get(name)
+            self._shadowed[name] = previous
+            original = previous if previous is not None else getattr(self.module, name)
+            setattr(self.module, name, self._make_wrapper(name, original))
+        return self
+
+    def _make_wrapper(self, kind, original):
+        engine = self
+
+        def wrapper(x, *args, **kwargs):
+            return engine.run(kind, original, x, *args, **kwargs)
+        wrapper.__wrapped__ = original
+        wrapper.vae_precision_engine = self
+        return wrapper
+
+    def detach(self):
+        """Leaves the module exactly as the host has it: methods, dtype, device."""
+        for name, previous in self._shadowed.items():
+            if previous is None:
+                self.module.__dict__.pop(name, None)
+            else:
+                setattr(self.module, name, previous)
+        self._shadowed.clear()
+        self.release_weights()
+
+    def release_weights(self):
+        """Undoes offload and casting, keeping the wrappers (used before the host reloads weights)."""
+        self._mixed.remove()
+        self.offloader.return_home(self.module)
+        self.caster.restore()
+
+    def set_options(self, options: VaeOptions):
+        if options.offload != self.offloader.mode:
+            self.offloader.return_home(self.module)
+            self.offloader = Offloader(options.offload)
+        self.options = options
+
+    # ----- running -----
+    def precision_for(self, device):
+        return policy.resolve(self.options.dtype, caps_of(device), self.fp16_safe)
+
+    def _host_dtype(self):
+        for tensor in self.module.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
+    def _prepare_weights(self, precision):
+        if precision is None:
+            self._mixed.remove()
+            self.caster.restore()
+            return self._host_dtype()
+        keep = fp32_module_names(self.module) if precision.mixed else ()
+        self.caster.cast(precision.dtype, keep)
+        if precision.mixed and self._mixed.key != precision.dtype:
+            self._mixed.install(self.module, keep, precision.dtype)
+        elif not precision.mixed:
+            self._mixed.remove()
+        return precision.dtype
+
+    def run(self, kind, original, x, *args, **kwargs):
+        opts = self.options
+        if not opts.enabled or not torch.is_tensor(x):
+            return original(x, *args, **kwargs)
+        device = self.offloader.compute_device(self.module, x.device)
+        precision = self.precision_for(device)
+        if precision is not None and precision.warning:
+            warn_once(precision.warning)
+        stats = CallStats(kind=kind, samples=x.shape[0])
+        try:
+            with torch.no_grad(), measure(stats, device):
+                self.offloader.before_call(self.module, device)
+                dtype = self._prepare_weights(precision)
+                stats.dtype = dtype_label(precision) if precision else dtypes.name_of(dtype)
+                result = self._run_sized(kind, original, x.to(device, dtype), args, kwargs, stats)
+                result = outputs.to_float32(result)
+                if opts.nan_fallback:
+                    result = self._redo_nonfinite(kind, original, x, args, kwargs, device, dtype, result, stats)
+                result = _to_device(result, x.device if device.type == "cpu" else device)
+        finally:
+            self.offloader.after_call(self.module)
+            if opts.free_memory:
+                memory.release_cached(device)
+        self.last_call = stats
+        if self.on_call is not None:
+            self.on_call(stats)
+        return result
+
+    def _run_sized(self, kind, original, x, args, kwargs, stats):
+        """Untiled, tiled, or untiled with a tiled retry after running out of memory."""
+        mode, tile_px = self.options.tiling, self.options.tile_size
+        planner = tiling.TilePlanner(self.module, kind, x, tile_px)
+        if mode == "always" or (mode == "auto" and not planner.fits_untiled()):
+            return tiling.run_tiled(kind, original, self.module, x, args, kwargs, planner.tile_latent(), stats)
+        try:
+            return original(x, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
+            if not memory.is_out_of_memory(error) or mode == "off":
+                raise
+        error = None  # drop the traceback's references to the failed call's tensors before retrying
+        memory.release_cached(x.device)
+        log.warning("VAE Precision: %s ran out of memory untiled; redoing it tiled", kind)
+        stats.tiled_after_oom = True
+        return tiling.run_tiled(kind, original, self.module, x, args, kwargs, planner.tile_latent(), stats)
+
+    def _redo_nonfinite(self, kind, original, x, args, kwargs, device, dtype, result, stats):
+        bad = guard.nonfinite_samples(outputs.main_tensor(result))
+        current = dtype
+        while len(bad) and current in dtypes.SAFER:
+            safer = dtypes.SAFER[current]
+            if safer == torch.bfloat16 and not caps_of(device).native_bf16:
+                safer = torch.float32
+            self._mixed.remove()
+            self.caster.cast(safer)
+            redo = outputs.to_float32(self._run_sized(kind, original, x[bad.to(x.device)].to(device, safer),
+                                                      args, kwargs, stats))
+            stats.fallbacks.append(guard.Fallback(current, safer, len(bad), x.shape[0]))
+            result = outputs.replace_samples(result, bad.to(outputs.main_tensor(result).device), redo)
+            bad = bad[guard.nonfinite_samples(outputs.main_tensor(redo))]
+            if current == torch.float16 and self.options.dtype == "auto" and self.fp16_safe:
+                self.fp16_safe = False
+                warn_once("this VAE overflows in fp16; 'auto' uses a safer dtype for it from now on")
+            current = safer
+        stats.nonfinite_left = len(bad)
+        if stats.fallbacks:
+            log.warning("VAE Precision: %s gave non-finite values; redone: %s", kind,
+                        ", ".join(str(f) for f in stats.fallbacks))
+        if stats.fallbacks and current != dtype:
+            self._prepare_weights(self.precision_for(device))  # back to the chosen dtype for the next call
+        return result
+
+
+def _to_device(result, device):
+    tensor = outputs.main_tensor(result)
+    return result if tensor.device == device else outputs.with_tensor(result, tensor.to(device))
+
+
+def engine_of(module):
+    """The engine attached to `module`, if any."""
+    wrapper = module.__dict__.get("decode")
+    return getattr(wrapper, "vae_precision_engine", None)

@@ -1,0 +1,68 @@
+"""The VAE part of an image's generation parameters: written from a generation's stats, read back
+into the choices that made it (dtype, tiling, tile size, offload), never into the measurements."""
+import logging
+import re
+
+from .options import OFFLOAD_CHOICES, parse_value
+from .stats import GenerationStats
+
+log = logging.getLogger("vae_precision")
+
+KEY_DTYPE = "VAE dtype"
+KEY_DECODE = "VAE decode"
+KEY_ENCODE = "VAE encode"
+KEY_PEAK = "VAE peak VRAM"
+KEY_RAM = "VAE RAM"
+KEY_TILING = "VAE tiling"
+KEY_TILE_SIZE = "VAE tile size"
+KEY_OFFLOAD = "VAE offload"
+KEY_FALLBACK = "VAE fallback"
+# infotext key -> option it restores
+RESTORES = {KEY_DTYPE: "dtype", KEY_TILING: "tiling", KEY_TILE_SIZE: "tile_size", KEY_OFFLOAD: "offload"}
+
+
+def _gib(num_bytes):
+    return f"{num_bytes / 2**30:.2f} GiB"
+
+
+def format_params(options, gen: GenerationStats):
+    """Infotext pairs for one generation; empty when nothing ran."""
+    if not gen.calls:
+        return {}
+    used = "/".join(gen.dtypes())
+    params = {KEY_DTYPE: options.dtype if used == options.dtype else f"{options.dtype} ({used})"}
+    for key, kind in ((KEY_DECODE, "decode"), (KEY_ENCODE, "encode")):
+        if gen.of_kind(kind):
+            params[key] = f"{gen.seconds(kind):.2f} s"
+    if gen.peak_bytes() is not None:
+        params[KEY_PEAK] = _gib(gen.peak_bytes())
+    if gen.ram_bytes() is not None:
+        params[KEY_RAM] = _gib(gen.ram_bytes())
+    tiling = options.tiling
+    if gen.tiles():
+        how = " after OOM" if gen.tiled_after_oom() else ""
+        tiling += f" ({gen.tiles()} tiles of {gen.tile_px()} px{how})"
+    params[KEY_TILING] = tiling
+    if options.tile_size:
+        params[KEY_TILE_SIZE] = str(options.tile_size)
+    params[KEY_OFFLOAD] = OFFLOAD_CHOICES[options.offload]
+    fallbacks = gen.fallbacks()
+    if fallbacks:
+        params[KEY_FALLBACK] = "; ".join(str(f) for f in fallbacks)
+    return params
+
+
+_DETAIL = re.compile(r"\s*\(.*\)\s*$")
+
+
+def parse_params(params):
+    """{option: value} restored from infotext pairs; malformed values are skipped with a warning."""
+    restored = {}
+    for key, option in RESTORES.items():
+        if key not in params:
+            continue
+        raw = _DETAIL.sub("", str(params[key]))
+        value = parse_value(option, raw, source=f"infotext '{key}'")
+        if value is not None:
+            restored[option] = value
+    return restored

@@ -1,0 +1,37 @@
+"""Accelerator memory: what is free, recognising out-of-memory errors, handing cached memory back."""
+import gc
+
+import torch
+
+
+def free_bytes(device):
+    """Memory a new allocation can use: free on the device plus what torch's cache holds unused."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + cached
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        return torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except ImportError:
+        return 8 << 30
+
+
+def is_out_of_memory(error):
+    if isinstance(error, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "mps backend out of memory" in text)
+
+
+def release_cached(device):
+    """Returns the allocator's cached blocks to the device (what 'free cached memory' asks for)."""
+    gc.collect()
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()

@@ -1,0 +1,100 @@
+"""Measuring one VAE call (time, peak extra accelerator memory, process RAM) and summing a generation."""
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .dtypes import name_of
+
+try:
+    import psutil
+except ImportError:  # stats degrade to "no RAM figure" rather than failing a render
+    psutil = None
+
+
+@dataclass
+class CallStats:
+    kind: str                          # "decode" or "encode"
+    dtype: str = ""                    # dtype the call ran in ("bf16", "mixed", ...)
+    seconds: float = 0.0
+    peak_bytes: int = None             # peak accelerator memory above the level before the call
+    ram_bytes: int = None              # process resident memory after the call
+    samples: int = 0
+    tiles: int = 0                     # 0 = untiled
+    tile_px: int = 0
+    tiled_after_oom: bool = False
+    fallbacks: list = field(default_factory=list)   # guard.Fallback entries
+    nonfinite_left: int = 0            # samples still non-finite after every fallback
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def measure(stats: CallStats, device):
+    """Fills stats.seconds / peak_bytes / ram_bytes around the body.
+
+    On CUDA the allocator's peak counter is reset here, so the figure is this call's own peak.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    try:
+        yield stats
+    finally:
+        _sync(device)
+        stats.seconds = time.perf_counter() - start
+        if cuda:
+            stats.peak_bytes = max(0, torch.cuda.max_memory_allocated(device) - base)
+        if psutil is not None:
+            stats.ram_bytes = psutil.Process().memory_info().rss
+
+
+@dataclass
+class GenerationStats:
+    """The VAE calls of one generation (a batch of images, hires pass and img2img encodes included)."""
+    calls: list = field(default_factory=list)
+
+    def add(self, call: CallStats):
+        self.calls.append(call)
+
+    def of_kind(self, kind):
+        return [c for c in self.calls if c.kind == kind]
+
+    def seconds(self, kind):
+        return sum(c.seconds for c in self.of_kind(kind))
+
+    def peak_bytes(self):
+        peaks = [c.peak_bytes for c in self.calls if c.peak_bytes is not None]
+        return max(peaks) if peaks else None
+
+    def ram_bytes(self):
+        rams = [c.ram_bytes for c in self.calls if c.ram_bytes is not None]
+        return max(rams) if rams else None
+
+    def dtypes(self):
+        return sorted({c.dtype for c in self.calls if c.dtype})
+
+    def tiles(self):
+        return sum(c.tiles for c in self.calls)
+
+    def tile_px(self):
+        sizes = [c.tile_px for c in self.calls if c.tiles]
+        return max(sizes) if sizes else 0
+
+    def tiled_after_oom(self):
+        return any(c.tiled_after_oom for c in self.calls)
+
+    def fallbacks(self):
+        return [f for c in self.calls for f in c.fallbacks]
+
+
+def dtype_label(precision):
+    return "mixed" if precision.mixed else name_of(precision.dtype)

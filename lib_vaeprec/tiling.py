@@ -1,70 +1,33 @@
 """Seamless tiled decode and encode for SD-family VAEs (4 or 16 latent channels), any size, any batch.
 
-Why the output has no seams:
-- the mid block (where attention sees the whole image) always runs on the whole latent, which is small;
-- every tile carries a halo of context that is cut off after the run, wide enough for the receptive
-  field of the convolutions between the mid block and the pixels;
-- GroupNorm statistics are shared across tiles (groupnorm_sync): one pass collects them, one applies them.
+The coder (decoder or encoder) runs stage by stage (conv_in, each resnet block, each up/downsampler,
+the output conv) over whole feature maps, and each stage is computed tile by tile. So:
+- every GroupNorm normalises with the statistics of the whole map (groupnorm_stats), not the tile's;
+- each tile carries only the halo its own stage needs (1-2 pixels), not the receptive field of the
+  whole network;
+- the mid block (where attention sees the whole image) runs on the whole latent, which is small.
+The result equals the untiled one up to float rounding. Memory is bounded by a few whole maps of one
+stage instead of every intermediate of the network at once.
 
-The VAE is driven through its own decode/encode (`original`), so diffusers, ldm/sgm and the Forge
-backends' modules all work; only the mid block is located by name.
+The module is still driven through its own decode/encode (`original`): only the coder's forward is
+replaced for the call, so post_quant_conv/quant_conv and whatever the host wraps around them run as usual.
 """
+import contextlib
 import logging
 import math
 
 import torch
 
-from . import memory, outputs
-from .groupnorm_sync import SharedStats, TileGeometry, synced_group_norms
+from . import groupnorm_stats, memory
+from .coder_layout import call_block, decoder_layout, encoder_layout, run_mid
 
 log = logging.getLogger("vae_precision")
 
-SCALE = 8                 # pixels per latent pixel in every SD-family VAE
-DECODE_HALO = 16          # latent pixels around each decode tile: the up path's receptive field is ~12.3
-ENCODE_HALO = 12          # latent pixels (= 96 image pixels) around each encode tile
-# Peak activation memory per latent pixel, in multiples of (widest late-stage channels x 64 x itemsize):
-# measured on the SD VAE (docs/benchmarks.md), with headroom.
+SCALE = 8                 # pixels per latent pixel in the SD-family VAEs
+# Peak memory of an untiled call per latent pixel, in multiples of (widest late-stage channels x 64 x
+# itemsize x batch): from the SD VAE's measured peaks (docs/benchmarks.md), with headroom.
 PEAK_MAPS = {"decode": 5.0, "encode": 6.0}
-MIN_TILE = 16             # latent pixels
-
-
-class _Stop(Exception):
-    """Raised from inside a VAE forward once the part we need has been computed."""
-
-
-def _mid_block(module, part):
-    coder = getattr(module, part, None)
-    for name in ("mid_block", "mid"):
-        block = getattr(coder, name, None) if coder is not None else None
-        if block is not None:
-            return block
-    return None
-
-
-class _Replace:
-    """Temporarily replaces a module's forward."""
-
-    def __init__(self, target, forward):
-        self.target, self.forward = target, forward
-
-    def __enter__(self):
-        self.previous = self.target.__dict__.get("forward")
-        self.target.forward = self.forward
-
-    def __exit__(self, *exc):
-        if self.previous is None:
-            self.target.__dict__.pop("forward", None)
-        else:
-            self.target.forward = self.previous
-
-
-def _widest_late_channels(module, part):
-    coder = getattr(module, part, None)
-    convs = [m for m in (coder or module).modules() if isinstance(m, torch.nn.Conv2d)]
-    if not convs:
-        return 512
-    # In both coders the full-resolution stage and its neighbour hold the largest maps.
-    return max(c.out_channels for c in (convs[-4:] if part == "decoder" else convs[:4]))
+MIN_TILE = 8              # latent pixels (64 image pixels, the smallest tile option)
 
 
 class TilePlanner:
@@ -72,8 +35,10 @@ class TilePlanner:
 
     def __init__(self, module, kind, x, tile_px=0):
         self.module, self.kind, self.x, self.tile_px = module, kind, x, tile_px
-        part = "decoder" if kind == "decode" else "encoder"
-        channels = _widest_late_channels(module, part)
+        coder = getattr(module, "decoder" if kind == "decode" else "encoder", module)
+        convs = [m for m in coder.modules() if isinstance(m, torch.nn.Conv2d)]
+        late = convs[-4:] if kind == "decode" else convs[:4]
+        channels = max((c.out_channels for c in late), default=512)
         self.bytes_per_latent_px = PEAK_MAPS[kind] * channels * SCALE * SCALE * x.element_size() * x.shape[0]
 
     def latent_hw(self):
@@ -90,133 +55,193 @@ class TilePlanner:
         return self.untiled_bytes() < 0.9 * memory.free_bytes(self.x.device)
 
     def tile_latent(self):
+        """Tile side in latent pixels: from the option, or the largest whose stage work fits 1/4 of free memory."""
         if self.tile_px:
             return max(MIN_TILE, self.tile_px // SCALE)
-        halo = DECODE_HALO if self.kind == "decode" else ENCODE_HALO
-        budget = 0.6 * memory.free_bytes(self.x.device)
-        side = int(math.sqrt(max(budget, 0) / self.bytes_per_latent_px)) - 2 * halo
-        side = max(MIN_TILE, side - side % 8)
+        budget = 0.25 * memory.free_bytes(self.x.device)
+        side = int(math.sqrt(max(budget, 0) / self.bytes_per_latent_px))
         h, w = self.latent_hw()
-        return min(side, max(h, w))
+        return min(max(MIN_TILE, side - side % 8), max(h, w))
 
 
-def _spans(length, tile, halo):
-    """(core_start, core_end, run_start, run_end) along one axis; cores tile the axis without overlap."""
+# ----- tiles along the maps -----
+
+def _spans(length, tile, halo, align=1):
+    """(core_start, core_end, run_start, run_end) along one axis; cores cover it without overlap."""
     count = max(1, math.ceil(length / tile))
-    edges = [round(i * length / count) for i in range(count + 1)]
-    return [(a, b, max(0, a - halo), min(length, b + halo)) for a, b in zip(edges, edges[1:])]
+    edges = [min(length, round(i * length / count / align) * align) for i in range(count + 1)]
+    edges[-1] = length
+    return [(a, b, max(0, a - halo), min(length, b + halo)) for a, b in zip(edges, edges[1:]) if b > a]
 
 
-def _tiles(height, width, tile, halo):
-    for ys in _spans(height, tile, halo):
-        for xs in _spans(width, tile, halo):
+def _tiles(height, width, tile, halo, align=1):
+    for ys in _spans(height, tile, halo, align):
+        for xs in _spans(width, tile, halo, align):
             yield ys, xs
 
 
-def _set_core(geometry, ys, xs):
-    (c0, c1, r0, r1), (d0, d1, s0, s1) = ys, xs
-    geometry.core = ((c0 - r0) / (r1 - r0), (c1 - r0) / (r1 - r0), (d0 - s0) / (s1 - s0), (d1 - s0) / (s1 - s0))
+class _Replace:
+    """Temporarily replaces a module's forward on the instance."""
+
+    def __init__(self, target, forward):
+        self.target, self.forward = target, forward
+
+    def __enter__(self):
+        self.previous = self.target.__dict__.get("forward")
+        self.target.forward = self.forward
+
+    def __exit__(self, *exc):
+        if self.previous is None:
+            self.target.__dict__.pop("forward", None)
+        else:
+            self.target.forward = self.previous
 
 
-def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats, seamless=True):
-    run = _decode_tiled if kind == "decode" else _encode_tiled
-    result = run(original, module, x, args, kwargs, tile_latent, stats, seamless)
+class _Stop(Exception):
+    """Raised inside a block once the part we need has been computed."""
+
+
+class StageRunner:
+    """Runs the stages of one coder over whole maps, tile by tile."""
+
+    def __init__(self, tile_elems):
+        self.tile_elems = tile_elems     # elements of one tile's activation (channels x pixels)
+        self.most_tiles = 0              # tiles of the most finely tiled stage (the full-resolution one)
+
+    def tile_side(self, channels):
+        return max(16, int(math.sqrt(self.tile_elems / max(1, channels))))
+
+    def _map_tiles(self, x, out_channels, halo, align=1):
+        side = self.tile_side(max(x.shape[1], out_channels))
+        tiles = list(_tiles(x.shape[-2], x.shape[-1], side, halo, align))
+        self.most_tiles = max(self.most_tiles, len(tiles))
+        return tiles
+
+    def per_tile(self, fn, x, out_channels, halo, scale=1.0, align=1):
+        """Y = fn(X) computed tile by tile; fn maps a tile to a tile `scale` times its size."""
+        out = None
+        for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo, align):
+            y = fn(x[..., r0:r1, s0:s1])
+            if out is None:
+                out = y.new_empty(y.shape[:2] + (int(x.shape[-2] * scale), int(x.shape[-1] * scale)))
+            f = scale
+            out[..., int(c0 * f):int(c1 * f), int(d0 * f):int(d1 * f)] = \
+                y[..., int((c0 - r0) * f):int((c1 - r0) * f), int((d0 - s0) * f):int((d1 - s0) * f)]
+        return out
+
+    def resnet(self, block, x):
+        """A resnet block: norm1 from x's statistics; conv1's output kept whole for norm2's statistics
+        when it fits (else recomputed); then conv2 + shortcut, tile by tile."""
+        stats1 = groupnorm_stats.of_map(x, block.norm1.num_groups)
+        norm1 = _Replace(block.norm1, lambda t: groupnorm_stats.normalise(block.norm1, t, stats1))
+        out_channels = block.conv1.out_channels
+
+        def up_to_norm2(tile):
+            def capture(h):
+                raise _Stop(h)
+            with norm1, _Replace(block.norm2, capture):
+                try:
+                    call_block(block, tile)
+                except _Stop as stop:
+                    return stop.args[0]
+            raise RuntimeError("resnet block never reached norm2")
+
+        h_bytes = x.numel() // x.shape[1] * out_channels * x.element_size()
+        keep_h = x.device.type == "cpu" or h_bytes < 0.5 * memory.free_bytes(x.device)
+        if keep_h:
+            h = self.per_tile(up_to_norm2, x, out_channels, halo=1)
+            stats2 = groupnorm_stats.of_map(h, block.norm2.num_groups)
+        else:
+            stats2 = groupnorm_stats.GroupStats(block.norm2.num_groups)
+            for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo=1):
+                stats2.add(up_to_norm2(x[..., r0:r1, s0:s1])[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0])
+            h = None
+        norm2 = _Replace(block.norm2, lambda t: groupnorm_stats.normalise(block.norm2, t, stats2))
+
+        def whole_block(tile, region):
+            with norm1, norm2:
+                if h is None:
+                    return call_block(block, tile)
+                with _Replace(block.conv1, lambda _t: h[..., region[0]:region[1], region[2]:region[3]]):
+                    return call_block(block, tile)
+
+        halo = 1 if h is not None else 2
+        out = None
+        for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo):
+            y = whole_block(x[..., r0:r1, s0:s1], (r0, r1, s0, s1))
+            if out is None:
+                out = y.new_empty(y.shape[:2] + x.shape[-2:])
+            out[..., c0:c1, d0:d1] = y[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0]
+        return out
+
+    def stage(self, kind, module, x):
+        if kind == "resnet":
+            return self.resnet(module, x)
+        out_channels = _out_channels(module)
+        if kind == "up":
+            return self.per_tile(module, x, out_channels, halo=1, scale=2)
+        if kind == "down":
+            # pad (0,1,0,1) + stride-2 conv: even-aligned tiles with a 2-pixel halo give exact cores.
+            return self.per_tile(module, x, out_channels, halo=2, scale=0.5, align=2)
+        return self.per_tile(module, x, out_channels, halo=1)           # a 3x3 conv
+
+    def output(self, layout, x):
+        """norm_out -> SiLU -> conv_out (-> tanh), with norm_out's statistics from the whole map."""
+        stats = groupnorm_stats.of_map(x, layout.norm_out.num_groups)
+
+        def fn(tile):
+            with _Replace(layout.norm_out, lambda t: groupnorm_stats.normalise(layout.norm_out, t, stats)):
+                h = layout.norm_out(tile)
+            h = layout.conv_out(torch.nn.functional.silu(h))
+            return torch.tanh(h) if layout.tanh_out else h
+        return self.per_tile(fn, x, layout.conv_out.out_channels, halo=1)
+
+
+def _out_channels(module):
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    return convs[-1].out_channels if convs else 0
+
+
+def _tile_elems(tile_latent):
+    # A tile of `tile_latent` latent pixels, seen at image resolution with the SD VAE's 128 channels there.
+    return (tile_latent * SCALE) ** 2 * 128
+
+
+def decode_stagewise(layout, z, runner):
+    h = runner.stage("conv", layout.head[0][1], z)
+    h = run_mid(layout.mid, h)
+    h = h.to(_dtype_of(layout.body[0][1]) if layout.body else h.dtype)
+    for kind, module in layout.body:
+        h = runner.stage(kind, module, h)
+    return runner.output(layout, h)
+
+
+def encode_stagewise(layout, x, runner):
+    h = x
+    for kind, module in layout.head:
+        h = runner.stage(kind, module, h)
+    h = run_mid(layout.mid, h)
+    return runner.output(layout, h)
+
+
+def _dtype_of(module):
+    for p in module.parameters():
+        return p.dtype
+    return None
+
+
+def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats):
+    """`original(x, *args, **kwargs)` with the coder's forward replaced by its stage-wise tiled run."""
+    part = "decoder" if kind == "decode" else "encoder"
+    coder = getattr(module, part, None)
+    layout = None if coder is None else (decoder_layout if kind == "decode" else encoder_layout)(coder)
+    if layout is None:
+        log.warning("VAE Precision: unknown %s layout (%s); running untiled", part, type(coder).__name__)
+        return original(x, *args, **kwargs)
+    runner = StageRunner(_tile_elems(tile_latent))
+    run = decode_stagewise if kind == "decode" else encode_stagewise
+    with _Replace(coder, lambda h, *a, **k: run(layout, h, runner)):
+        result = original(x, *args, **kwargs)
+    stats.tiles += runner.most_tiles
     stats.tile_px = tile_latent * SCALE
     return result
-
-
-def _two_passes(module, part, each_tile, seamless):
-    """Runs each_tile(geometry, ...) over all tiles: once collecting GroupNorm statistics (each tile
-    normalised with its own meanwhile), once normalising every tile with the pooled statistics.
-    A second collecting pass that applies the first pass's statistics does not converge: stale
-    statistics compound over the ~25 norms of the up path (measured), so there is exactly one."""
-    geometry = TileGeometry()
-    if not seamless:
-        return each_tile(geometry, lambda: None, keep=True)
-    coder = getattr(module, part, module)
-    stats = SharedStats()
-    with synced_group_norms(coder, stats, None, geometry) as reset:
-        each_tile(geometry, reset, keep=False)
-    with synced_group_norms(coder, None, stats, geometry) as reset:
-        return each_tile(geometry, reset, keep=True)
-
-
-def _decode_tiled(original, module, z, args, kwargs, tile, stats, seamless):
-    height, width = z.shape[-2:]
-    mid = _mid_block(module, "decoder")
-    captured = {}
-    if mid is not None:
-        # The whole latent through post_quant_conv, conv_in and the mid block, then stop.
-        def capture(*a, **k):
-            captured["mid"] = mid.__class__.forward(mid, *a, **k)
-            raise _Stop
-        with _Replace(mid, capture):
-            try:
-                original(z, *args, **kwargs)
-            except _Stop:
-                pass
-    tiles = list(_tiles(height, width, tile, DECODE_HALO))
-    stats.tiles += len(tiles)
-    state = {"out": None, "template": None}
-
-    def each_tile(geometry, reset_calls, keep):
-        for ys, xs in tiles:
-            (c0, c1, r0, r1), (d0, d1, s0, s1) = ys, xs
-            _set_core(geometry, ys, xs)
-            reset_calls()
-            if mid is not None:
-                piece = captured["mid"][..., r0:r1, s0:s1]
-                with _Replace(mid, lambda *a, **k: piece):
-                    result = original(z[..., r0:r1, s0:s1], *args, **kwargs)
-            else:
-                result = original(z[..., r0:r1, s0:s1], *args, **kwargs)
-            if not keep:
-                continue
-            image = outputs.main_tensor(result)
-            if state["out"] is None:
-                state["template"] = result
-                state["out"] = image.new_empty(image.shape[:-2] + (height * SCALE, width * SCALE))
-            state["out"][..., c0 * SCALE:c1 * SCALE, d0 * SCALE:d1 * SCALE] = \
-                image[..., (c0 - r0) * SCALE:(c1 - r0) * SCALE, (d0 - s0) * SCALE:(d1 - s0) * SCALE]
-        return outputs.with_tensor(state["template"], state["out"]) if keep else None
-
-    return _two_passes(module, "decoder", each_tile, seamless and len(tiles) > 1)
-
-
-def _encode_tiled(original, module, x, args, kwargs, tile, stats, seamless):
-    height, width = x.shape[-2] // SCALE, x.shape[-1] // SCALE
-    pad_h, pad_w = height * SCALE - x.shape[-2], width * SCALE - x.shape[-1]
-    if pad_h or pad_w:
-        raise ValueError("tiled encode needs image sides that are multiples of 8")
-    mid = _mid_block(module, "encoder")
-    if mid is None:
-        raise RuntimeError("tiled encode needs an encoder with a mid block")
-    tiles = list(_tiles(height, width, tile, ENCODE_HALO))
-    stats.tiles += len(tiles)
-    state = {"mid_in": None}
-
-    def each_tile(geometry, reset_calls, keep):
-        for ys, xs in tiles:
-            (c0, c1, r0, r1), (d0, d1, s0, s1) = ys, xs
-            _set_core(geometry, ys, xs)
-            reset_calls()
-
-            def capture(h, *a, **k):
-                if keep:
-                    if state["mid_in"] is None:
-                        state["mid_in"] = h.new_empty(h.shape[:-2] + (height, width))
-                    state["mid_in"][..., c0:c1, d0:d1] = h[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0]
-                raise _Stop
-            with _Replace(mid, capture):
-                try:
-                    original(x[..., r0 * SCALE:r1 * SCALE, s0 * SCALE:s1 * SCALE], *args, **kwargs)
-                except _Stop:
-                    pass
-
-    _two_passes(module, "encoder", each_tile, seamless and len(tiles) > 1)
-    # The mid block and everything after it on the whole latent; a tiny stand-in image feeds the
-    # down path, whose result the mid block ignores.
-    full = state["mid_in"]
-    stand_in = x[..., :4 * SCALE, :4 * SCALE]
-    with _Replace(mid, lambda h, *a, **k: mid.__class__.forward(mid, full, *a, **k)):
-        return original(stand_in, *args, **kwargs)

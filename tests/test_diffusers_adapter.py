@@ -1,0 +1,33 @@
+import torch
+from diffusers import DiffusionPipeline
+
+import lib_vaeprec
+from conftest import assert_same, snapshot
+
+
+class TinyPipeline(DiffusionPipeline):
+    """The smallest real diffusers pipeline: registered modules, no sampling."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.register_modules(vae=vae)
+
+
+def test_apply_and_remove_on_a_pipeline(tiny_vae):
+    pipe = TinyPipeline(tiny_vae)
+    before = snapshot(tiny_vae)
+    calls = []
+    engine = lib_vaeprec.apply(pipe, dtype="bf16", tiling="off", on_call=calls.append)
+    with torch.no_grad():
+        image = pipe.vae.decode(torch.randn(1, 4, 8, 8)).sample
+    assert image.dtype == torch.float32 and calls[0].dtype == "bf16"
+    assert lib_vaeprec.apply(pipe, dtype="fp32") is engine        # reconfigures, never stacks
+    lib_vaeprec.remove(pipe)
+    assert_same(tiny_vae, before)
+    assert "decode" not in tiny_vae.__dict__
+
+
+def test_apply_to_a_bare_vae_with_bad_value_keeps_going(tiny_vae, caplog):
+    engine = lib_vaeprec.apply(tiny_vae, dtype="bf17")
+    assert engine.options.dtype == "auto" and "bf17" in caplog.text
+    lib_vaeprec.remove(tiny_vae)

@@ -1,0 +1,130 @@
+"""Tiled decode/encode against untiled: exact up to rounding, odd sizes, batch, 16 channels, OOM retry."""
+import pytest
+import torch
+
+from conftest import SMALL, make_vae, psnr
+from lib_vaeprec import tiling
+from lib_vaeprec.coder_layout import decoder_layout, encoder_layout
+from lib_vaeprec.engine import VaeEngine
+from lib_vaeprec.options import VaeOptions
+from lib_vaeprec.stats import CallStats
+
+
+def smooth_latents(batch, height, width, channels=4, seed=0):
+    """Low-frequency latents with a brightness step: content whose statistics differ between tiles."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.nn.functional.interpolate(torch.randn(batch, channels, height // 4 + 1, width // 4 + 1, generator=g),
+                                        size=(height, width), mode="bilinear") * 1.5
+    z[..., :, : width // 3] += 1.0
+    return z
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return make_vae(**SMALL)
+
+
+def tiled(kind, vae, x, tile):
+    stats = CallStats(kind)
+    fn = vae.decode if kind == "decode" else vae.encode
+    with torch.no_grad():
+        return tiling.run_tiled(kind, fn, vae, x, (), {}, tile, stats), stats
+
+
+@pytest.mark.parametrize("batch,height,width", [(1, 48, 48), (2, 44, 61), (1, 21, 35)])
+def test_decode_tiled_equals_untiled(vae, batch, height, width):
+    z = smooth_latents(batch, height, width)
+    with torch.no_grad():
+        reference = vae.decode(z).sample
+    out, stats = tiled("decode", vae, z, 8)
+    assert stats.tiles > 1 and out.sample.shape == reference.shape
+    assert (out.sample - reference).abs().max() < 1e-3
+    assert psnr(out.sample, reference) > 90
+
+
+@pytest.mark.parametrize("batch,height,width", [(2, 40, 48), (1, 26, 34)])
+def test_encode_tiled_equals_untiled(vae, batch, height, width):
+    with torch.no_grad():
+        image = vae.decode(smooth_latents(batch, height, width)).sample.clamp(-1, 1)
+        reference = vae.encode(image).latent_dist.mean
+    out, stats = tiled("encode", vae, image, 8)
+    assert stats.tiles > 1 and out.latent_dist.mean.shape == reference.shape
+    assert (out.latent_dist.mean - reference).abs().max() < 1e-3
+
+
+def test_sixteen_channel_vae_tiles():
+    vae = make_vae(**dict(SMALL, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False))
+    z = smooth_latents(1, 40, 40, channels=16)
+    with torch.no_grad():
+        reference = vae.decode(z).sample
+    out, stats = tiled("decode", vae, z, 8)
+    assert stats.tiles > 1 and (out.sample - reference).abs().max() < 1e-3
+
+
+def test_layouts_of_diffusers_coders(vae):
+    layout = decoder_layout(vae.decoder)
+    assert [k for k, _ in layout.body].count("up") == 3 and len(layout.mid) == 1
+    assert [k for k, _ in encoder_layout(vae.encoder).head].count("down") == 3
+
+
+def test_engine_always_tiles_and_reports_it(vae):
+    engine = VaeEngine(vae, VaeOptions(dtype="fp32", tiling="always", tile_size=128)).attach()
+    try:
+        with torch.no_grad():
+            vae.decode(smooth_latents(1, 40, 40))
+        assert engine.last_call.tiles > 1 and engine.last_call.tile_px == 128
+    finally:
+        engine.detach()
+
+
+def _memory_limit(pixels):
+    """A forward pre-hook that fails like a full GPU when its input is larger than pixels x pixels."""
+    def hook(module, args):
+        if args[0].shape[-1] * args[0].shape[-2] > pixels * pixels:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return hook
+
+
+def test_out_of_memory_untiled_is_redone_tiled(vae):
+    z = smooth_latents(1, 64, 64)
+    with torch.no_grad():
+        reference = vae.decode(z).sample
+    handle = vae.decoder.conv_out.register_forward_pre_hook(_memory_limit(40 * 8))
+    engine = VaeEngine(vae, VaeOptions(dtype="fp32", tiling="auto", tile_size=128)).attach()
+    try:
+        with torch.no_grad():
+            image = vae.decode(z).sample
+    finally:
+        handle.remove()
+        engine.detach()
+    assert engine.last_call.tiled_after_oom and engine.last_call.tiles > 1
+    assert (image - reference).abs().max() < 1e-3
+
+
+def test_tiling_off_lets_out_of_memory_through(vae):
+    handle = vae.decoder.conv_out.register_forward_pre_hook(_memory_limit(0))
+    engine = VaeEngine(vae, VaeOptions(dtype="fp32", tiling="off")).attach()
+    try:
+        with pytest.raises(torch.cuda.OutOfMemoryError), torch.no_grad():
+            vae.decode(smooth_latents(1, 16, 16))
+    finally:
+        handle.remove()
+        engine.detach()
+
+
+def test_non_finite_sample_of_a_tiled_call_is_redone_at_a_safer_dtype():
+    from test_guard import batch, overflowing_vae
+    vae = overflowing_vae()
+    engine = VaeEngine(vae, VaeOptions(dtype="fp16", tiling="always", tile_size=64)).attach()
+    with torch.no_grad():
+        image = vae.decode(batch()).sample
+    assert torch.isfinite(image).all() and engine.last_call.fallbacks[0].failed == 1
+
+
+def test_planner_sizes_tiles_from_free_memory(vae, monkeypatch):
+    z = torch.zeros(1, 4, 256, 256)
+    planner = tiling.TilePlanner(vae, "decode", z)
+    monkeypatch.setattr(tiling.memory, "free_bytes", lambda device: 4 * planner.bytes_per_latent_px * 64 * 64)
+    assert planner.tile_latent() == 64
+    assert planner.untiled_bytes() == planner.bytes_per_latent_px * 256 * 256
+    assert tiling.TilePlanner(vae, "decode", z, tile_px=512).tile_latent() == 64

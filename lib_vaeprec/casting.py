@@ -40,7 +40,9 @@ def _set_data(slot, value):
 
 
 def _version(tensor):
-    return tensor._version
+    # Tensors made under torch.inference_mode() (Forge builds its models there) keep no counter:
+    # for them an in-place reload is only seen through the host adapters' load hooks.
+    return None if tensor.is_inference() else tensor._version
 
 
 def fp32_module_names(module):

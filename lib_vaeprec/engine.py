@@ -5,8 +5,8 @@ backends' VAE modules: anything with `decode(z, ...)` and `encode(x, ...)`) by s
 methods on the instance. `detach()` removes every trace: the methods (or whatever the host had put
 there before us), the weights' dtype and device, the hooks.
 """
+import contextlib
 import logging
-import types
 
 import torch
 
@@ -97,8 +97,14 @@ class VaeEngine:
         return wrapper
 
     def detach(self):
-        """Leaves the module exactly as the host has it: methods, dtype, device."""
+        """Leaves the module exactly as the host has it: methods, dtype, device.
+
+        If something has wrapped our wrapper since (A1111's lowvram on a model switch), that wrapper
+        stays where it is and ours, underneath, only passes calls through from now on."""
         for name, previous in self._shadowed.items():
+            current = self.module.__dict__.get(name)
+            if getattr(current, "vae_precision_engine", None) is not self:
+                continue
             if previous is None:
                 self.module.__dict__.pop(name, None)
             else:
@@ -141,9 +147,16 @@ class VaeEngine:
             self._mixed.remove()
         return precision.dtype
 
+    def prepare(self, device):
+        """Casts the weights for a call on `device` now (hosts do it at load time, before they might
+        recast the module themselves). Returns the Precision, or None for "host default"."""
+        precision = self.precision_for(torch.device(device))
+        self._prepare_weights(precision)
+        return precision
+
     def run(self, kind, original, x, *args, **kwargs):
         opts = self.options
-        if not opts.enabled or not torch.is_tensor(x):
+        if not opts.enabled or not self.attached or not torch.is_tensor(x):
             return original(x, *args, **kwargs)
         device = self.offloader.compute_device(self.module, x.device)
         precision = self.precision_for(device)
@@ -151,7 +164,9 @@ class VaeEngine:
             warn_once(precision.warning)
         stats = CallStats(kind=kind, samples=x.shape[0])
         try:
-            with torch.no_grad(), measure(stats, device):
+            # Autocast off: a host's autocast region (sgm's decode_first_stage can open one) would
+            # otherwise override the dtype chosen here.
+            with torch.no_grad(), _autocast_off(device), measure(stats, device):
                 self.offloader.before_call(self.module, device)
                 dtype = self._prepare_weights(precision)
                 stats.dtype = dtype_label(precision) if precision else dtypes.name_of(dtype)
@@ -211,6 +226,13 @@ class VaeEngine:
         if stats.fallbacks and current != dtype:
             self._prepare_weights(self.precision_for(device))  # back to the chosen dtype for the next call
         return result
+
+
+def _autocast_off(device):
+    try:
+        return torch.autocast(device.type, enabled=False)
+    except (RuntimeError, ValueError):   # a device type without autocast support
+        return contextlib.nullcontext()
 
 
 def _to_device(result, device):

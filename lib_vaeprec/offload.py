@@ -49,11 +49,12 @@ class Offloader:
         mirror = self._mirrors.get(slot)
         if tensor.device.type == "cpu":
             return
-        if mirror is None or mirror[1] != (tensor.dtype, tensor._version) or mirror[0].shape != tensor.shape:
+        version = None if tensor.is_inference() else tensor._version
+        if mirror is None or mirror[1] != (tensor.dtype, version) or mirror[0].shape != tensor.shape:
             cpu = tensor.detach().to("cpu")
             if torch.cuda.is_available():
                 cpu = cpu.pin_memory()
-            mirror = (cpu, (tensor.dtype, tensor._version))
+            mirror = (cpu, (tensor.dtype, version))
             self._mirrors[slot] = mirror
         _assign(owner, store, key, mirror[0])
 

@@ -22,7 +22,7 @@ def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
 
 
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
-    code = cli.main(["bench", "--sizes", "128", "--dtypes", "fp32", "--runs", "1", "--warmup", "0",
+    code = cli.main(["bench", "--device", "cpu", "--sizes", "128", "--dtypes", "fp32", "--runs", "1", "--warmup", "0",
                      "--tiling", "on", "--tile-size", "64", "--offload", "sequential", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out

@@ -124,3 +124,39 @@ def test_forward_goes_through_the_engine(tiny_vae):
     with torch.no_grad():
         out = tiny_vae(torch.rand(1, 3, 32, 32) * 2 - 1).sample
     assert out.dtype == torch.float32 and engine.last_call.kind == "decode"
+
+
+def test_detach_under_a_later_wrapper_leaves_it_and_passes_through(tiny_vae):
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16")).attach()
+    ours = tiny_vae.decode
+    seen = []
+
+    def later_wrapper(z, *a, **k):      # a host wrapper installed on top of ours
+        seen.append(True)
+        return ours(z, *a, **k)
+    tiny_vae.decode = later_wrapper
+    engine.detach()
+    assert tiny_vae.decode is later_wrapper
+    with torch.no_grad():
+        image = tiny_vae.decode(latents()).sample
+    assert seen and image.dtype == torch.float32
+    assert tiny_vae.decoder.conv_in.weight.dtype == torch.float32   # passed through, nothing cast
+
+
+def test_host_autocast_does_not_override_the_dtype(tiny_vae):
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="fp32")).attach()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        image = tiny_vae.decode(latents()).sample
+    assert engine.last_call.dtype == "fp32" and image.dtype == torch.float32
+
+
+def test_inference_mode_weights_cast_and_restore(tiny_vae):
+    with torch.inference_mode():
+        from conftest import make_vae
+        vae = make_vae()
+    before = snapshot(vae)
+    engine = VaeEngine(vae, VaeOptions(dtype="bf16")).attach()
+    with torch.inference_mode():
+        vae.decode(latents())
+    engine.detach()
+    assert_same(vae, before)

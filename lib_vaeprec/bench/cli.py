@@ -61,6 +61,8 @@ def parser():
     p.add_argument("--offload", default="", help="also run these offload modes: " + ",".join(OFFLOAD_CHOICES))
     p.add_argument("--no-encode", action="store_true", help="decode only")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain diffusers bf16/fp16 rows")
+    p.add_argument("--tf32", choices=("off", "on"), default="off",
+                   help="let fp32 convolutions/matmuls use TF32 (torch's default for cuDNN; off = strict fp32)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -128,11 +130,12 @@ def run(args, device, sizes, variants, vae):
     diffusers_logging.set_verbosity_error()   # plain baselines cast with .to(dtype) on purpose
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
     ops = 1 if args.no_encode else 2
     caps = caps_of(device)
     meta = dict(device=caps.name or device.type, torch=torch.__version__, python=platform.python_version(),
                 vae=args.vae or f"{args.arch} architecture, random weights (seed {args.seed})",
-                sizes=sizes, batch=args.batch, runs=args.runs, warmup=args.warmup, command=" ".join(sys.argv))
+                tf32=args.tf32, sizes=sizes, batch=args.batch, runs=args.runs, warmup=args.warmup, command=" ".join(sys.argv))
     print(f"VAE: {meta['vae']} | device: {meta['device']} | torch {meta['torch']} | "
           f"variants: {', '.join(v.name for v in variants)}", flush=True)
     with tqdm(total=len(sizes) * len(variants) * ops, desc="bench", unit="run") as bar:

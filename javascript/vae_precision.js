@@ -1,0 +1,31 @@
+// VAE Precision: hover hints for its settings and its txt2img/img2img accordion.
+// The web UI gives settings the id "setting_<key>" and script controls "script_<tab>_vae_precision_<name>".
+(function() {
+    var hints = {
+        enabled: "Off: the web UI's own VAE code runs untouched, with its own dtype.",
+        dtype: "Precision of the VAE. host default: what the web UI would use. auto: bf16 where the GPU runs it natively, else fp16 if this VAE is safe in it, else fp32. mixed: bf16/fp16 with normalisation layers and the output convolution in fp32.",
+        nan_fallback: "Images that come out with NaN/Inf (black images) are decoded again at a safer dtype: fp16, then bf16, then fp32. Only those images.",
+        tiling: "off: never tile. auto: tile when the image would not fit free memory, or after running out of memory. always: always tile.",
+        tile_size: "Tile size in pixels; 0 or auto: sized from free memory.",
+        offload: "Where the VAE weights stay between and during decodes: keep on GPU, offload to CPU after use, sequential (layer by layer), or decode on CPU.",
+        free_memory: "Empty the GPU memory cache after each VAE call: slower, leaves more memory to other programs.",
+        write_stats: "Write VAE timings and memory into the image's parameters. The dtype, tiling and offload used are written either way.",
+        accordion: "Open to choose VAE Precision settings for this render only; 'use settings' keeps the value from Settings."
+    };
+
+    function setTitle(id, text) {
+        var el = gradioApp().getElementById(id);
+        if (el && !el.title) {
+            el.title = text;
+        }
+    }
+
+    onUiLoaded(function() {
+        Object.keys(hints).forEach(function(name) {
+            setTitle("setting_vae_precision_" + name, hints[name]);
+            ["txt2img", "img2img"].forEach(function(tab) {
+                setTitle("script_" + tab + "_vae_precision_" + name, hints[name]);
+            });
+        });
+    });
+})();

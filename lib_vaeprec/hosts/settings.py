@@ -1,0 +1,91 @@
+"""The "VAE Precision" section in the web UI's Settings, and reading it back as VaeOptions.
+
+Read at every render, not cached: a changed setting applies to the next image without a restart, and
+A1111/Forge apply a request's `override_settings` to `shared.opts` itself (after `before_process`), so
+reading `shared.opts` in `process` sees them.
+"""
+from dataclasses import dataclass, field
+
+from ..options import DEFAULTS, OFFLOAD_CHOICES, TILING_CHOICES, merge
+from ..policy import CHOICES as DTYPE_CHOICES
+
+SECTION = ("vae_precision", "VAE Precision")
+CATEGORY = "sd"              # listed next to the web UI's own "VAE" section (A1111 1.7+ settings categories)
+PREFIX = "vae_precision_"
+TILE_SIZE_MAX = 4096
+
+
+def key(name):
+    return PREFIX + name
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str              # VaeOptions field
+    default: object        # as the setting stores it (offload: its label)
+    label: str
+    component: str         # gradio class name
+    args: dict = field(default_factory=dict)
+    info: str = ""
+
+    @property
+    def key(self):
+        return key(self.name)
+
+
+SPECS = (
+    Spec("enabled", DEFAULTS.enabled, "Enable VAE Precision", "Checkbox",
+         info="off: the web UI's own VAE code runs untouched"),
+    Spec("dtype", DEFAULTS.dtype, "VAE dtype", "Dropdown", {"choices": list(DTYPE_CHOICES)},
+         info="host default: the web UI decides; auto: bf16 where the GPU runs it natively, else fp16 when "
+              "safe, else fp32; mixed: bf16/fp16 with norms and output conv in fp32"),
+    Spec("nan_fallback", DEFAULTS.nan_fallback, "Redo NaN/Inf images at a safer dtype", "Checkbox",
+         info="fp16 -> bf16 -> fp32, only for the images that came out broken"),
+    Spec("tiling", DEFAULTS.tiling, "Tiled VAE", "Radio", {"choices": list(TILING_CHOICES)},
+         info="auto: tile when the image would not fit free memory, or after running out of memory"),
+    Spec("tile_size", DEFAULTS.tile_size, "Tile size (pixels)", "Slider",
+         {"minimum": 0, "maximum": TILE_SIZE_MAX, "step": 64},
+         info="0 = sized from free memory"),
+    Spec("offload", OFFLOAD_CHOICES[DEFAULTS.offload], "VAE weights", "Dropdown",
+         {"choices": list(OFFLOAD_CHOICES.values())},
+         info="where the VAE weights stay between and during decodes"),
+    Spec("free_memory", DEFAULTS.free_memory, "Free cached GPU memory after each VAE call", "Checkbox",
+         info="slower; leaves more memory to other programs"),
+    Spec("write_stats", DEFAULTS.write_stats, "Write VAE timings and memory into infotext", "Checkbox",
+         info="dtype, tiling and offload are written either way, so pasting an image's parameters restores them"),
+)
+
+
+def register(shared=None, gr=None):
+    """Adds the options (on_ui_settings callback)."""
+    if shared is None:
+        from modules import shared
+    if gr is None:
+        import gradio as gr
+    for spec in SPECS:
+        shared.opts.add_option(spec.key, _option_info(shared, spec, getattr(gr, spec.component)).info(spec.info))
+
+
+def _option_info(shared, spec, component):
+    try:
+        return shared.OptionInfo(spec.default, spec.label, component, dict(spec.args), section=SECTION,
+                                 category_id=CATEGORY)
+    except TypeError:   # a web UI older than settings categories
+        return shared.OptionInfo(spec.default, spec.label, component, dict(spec.args), section=SECTION)
+
+
+def read(opts=None):
+    """VaeOptions from the settings; a bad stored value is warned about and replaced by its default."""
+    if opts is None:
+        from modules import shared
+        opts = shared.opts
+    options = DEFAULTS
+    for spec in SPECS:
+        value = getattr(opts, spec.key, spec.default)
+        options = merge(options, {spec.name: value}, source=f"setting {spec.key}")
+    return options
+
+
+def touched_by(override_settings):
+    """Whether a request's override_settings change any of our settings."""
+    return any(str(k).startswith(PREFIX) for k in (override_settings or {}))

@@ -1,0 +1,2 @@
+# Stand-in for modules/options.py (A1111 v1.10).
+from standin_webui.options import OptionInfo, Options  # noqa: F401

@@ -14,6 +14,7 @@ from . import dtypes, guard, memory, outputs, policy, tiling
 from .casting import WeightCast, fp32_module_names, NORM_TYPES
 from .device_caps import caps_of
 from .offload import Offloader
+from .speed import CompiledCoders, to_memory_format
 from .options import VaeOptions
 from .stats import CallStats, dtype_label, measure
 
@@ -67,6 +68,7 @@ class VaeEngine:
         self.caster = WeightCast(module)
         self.offloader = Offloader(options.offload)
         self._mixed = _MixedHooks()
+        self._compiled = CompiledCoders()
         self._shadowed = {}                 # method name -> what the instance dict held before (or None)
         self.last_call = None
 
@@ -115,6 +117,8 @@ class VaeEngine:
     def release_weights(self):
         """Undoes offload and casting, keeping the wrappers (used before the host reloads weights)."""
         self._mixed.remove()
+        self._compiled.remove()
+        to_memory_format(self.module, channels_last=False)
         self.offloader.return_home(self.module)
         self.caster.restore()
 
@@ -170,7 +174,8 @@ class VaeEngine:
                 self.offloader.before_call(self.module, device)
                 dtype = self._prepare_weights(precision)
                 stats.dtype = dtype_label(precision) if precision else dtypes.name_of(dtype)
-                result = self._run_sized(kind, original, x.to(device, dtype), args, kwargs, stats)
+                x_in = self._apply_speed_options(x.to(device, dtype), device)
+                result = self._run_sized(kind, original, x_in, args, kwargs, stats)
                 result = outputs.to_float32(result)
                 if opts.nan_fallback:
                     result = self._redo_nonfinite(kind, original, x, args, kwargs, device, dtype, result, stats)
@@ -183,6 +188,16 @@ class VaeEngine:
         if self.on_call is not None:
             self.on_call(stats)
         return result
+
+    def _apply_speed_options(self, x, device):
+        if self.options.channels_last:
+            to_memory_format(self.module, channels_last=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.options.compile and device.type == "cuda":
+            self._compiled.install(self.module)
+        else:
+            self._compiled.remove()
+        return x
 
     def _run_sized(self, kind, original, x, args, kwargs, stats):
         """Untiled, tiled, or untiled with a tiled retry after running out of memory."""

@@ -28,6 +28,8 @@ class VaeOptions:
     offload: str = "keep"
     free_memory: bool = False   # empty the allocator cache after each call
     write_stats: bool = True
+    compile: bool = False       # torch.compile the encoder/decoder (CUDA; first call compiles)
+    channels_last: bool = False # channels_last memory format for weights and inputs
 
 
 DEFAULTS = VaeOptions()
@@ -81,6 +83,7 @@ def _tile_size(value):
 PARSERS = {
     "enabled": _bool, "dtype": _choice(DTYPE_CHOICES), "nan_fallback": _bool, "tiling": _choice(TILING_CHOICES),
     "tile_size": _tile_size, "offload": _offload, "free_memory": _bool, "write_stats": _bool,
+    "compile": _bool, "channels_last": _bool,
 }
 
 

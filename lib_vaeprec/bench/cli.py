@@ -59,10 +59,16 @@ def parser():
     p.add_argument("--tiling", choices=("off", "on"), default="off", help="also run tiled variants")
     p.add_argument("--tile-size", type=int, default=0, help="tile size in pixels for tiled variants (0: from free memory)")
     p.add_argument("--offload", default="", help="also run these offload modes: " + ",".join(OFFLOAD_CHOICES))
+    p.add_argument("--speed", default="", help="also run these speed options on the main dtype: "
+                   "compile, channels_last, compile+channels_last")
+    p.add_argument("--profile", action="store_true", help="print time and peak memory per stage and GPU time "
+                   "per op kind for the main dtype (CUDA)")
     p.add_argument("--no-encode", action="store_true", help="decode only")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain diffusers bf16/fp16 rows")
     p.add_argument("--tf32", choices=("off", "on"), default="off",
                    help="let fp32 convolutions/matmuls use TF32 (torch's default for cuDNN; off = strict fp32)")
+    p.add_argument("--cudnn-benchmark", choices=("on", "off"), default="on",
+                   help="let cuDNN time its convolution algorithms per shape (the first call of a shape is slower)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -97,7 +103,16 @@ def variants_from(args, device):
     main_dtype = next((d for d in dtypes if d != "fp32"), "fp32")
     variants += [runner.Variant(f"vaeprec {main_dtype} {m}", main_dtype, options=VaeOptions(
         dtype=main_dtype, offload=m, **untiled)) for m in offloads]
+    for combo in _csv(args.speed):
+        flags = combo.split("+")
+        if any(f not in SPEED_FLAGS for f in flags):
+            raise UsageError(f"unknown speed option {combo!r}: choose from {', '.join(SPEED_FLAGS)} (join with +)")
+        variants.append(runner.Variant(f"vaeprec {main_dtype} {combo}", main_dtype, options=VaeOptions(
+            dtype=main_dtype, **untiled, **{f: True for f in flags})))
     return variants
+
+
+SPEED_FLAGS = ("compile", "channels_last")
 
 
 def main(argv=None):
@@ -129,19 +144,44 @@ def run(args, device, sizes, variants, vae):
     from tqdm import tqdm
     diffusers_logging.set_verbosity_error()   # plain baselines cast with .to(dtype) on purpose
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
     ops = 1 if args.no_encode else 2
     caps = caps_of(device)
     meta = dict(device=caps.name or device.type, torch=torch.__version__, python=platform.python_version(),
                 vae=args.vae or f"{args.arch} architecture, random weights (seed {args.seed})",
-                tf32=args.tf32, sizes=sizes, batch=args.batch, runs=args.runs, warmup=args.warmup, command=" ".join(sys.argv))
+                tf32=args.tf32, cudnn_benchmark=args.cudnn_benchmark, sizes=sizes, batch=args.batch, runs=args.runs, warmup=args.warmup, command=" ".join(sys.argv))
     print(f"VAE: {meta['vae']} | device: {meta['device']} | torch {meta['torch']} | "
           f"variants: {', '.join(v.name for v in variants)}", flush=True)
     with tqdm(total=len(sizes) * len(variants) * ops, desc="bench", unit="run") as bar:
         rows = runner.run(vae, device, sizes, variants, batch=args.batch, warmup=args.warmup, runs=args.runs,
                           encode=not args.no_encode, seed=args.seed, progress=bar)
     print(report.table(rows))
+    if args.profile and device.type == "cuda":
+        meta["profile"] = _profile(vae, device, sizes, variants, args)
     json_path, png_path = report.write_all(rows, meta, args.out)
     print(f"wrote {json_path} and {png_path}")
     return 0
+
+
+def _profile(vae, device, sizes, variants, args):
+    from ..engine import VaeEngine
+    from . import profile
+    main = next((v for v in variants if not v.plain and v.options.dtype != "fp32"), variants[-1])
+    engine = VaeEngine(vae, main.options).attach()
+    found = {}
+    try:
+        for size in sizes:
+            z = torch.randn(args.batch, vae.config.latent_channels, size // 8, size // 8, device=device)
+            with torch.no_grad():
+                vae.decode(z)
+                run = lambda: vae.decode(z)  # noqa: E731
+                stages = profile.stage_breakdown(vae.decoder, run, device)
+                ops = profile.op_breakdown(run, device)
+            found[size] = {"stages": stages, "ops": ops}
+            print(f"profile {main.name} decode {size}px: GPU time by op kind {ops}")
+            for name, ms, mib in stages:
+                print(f"  {name:18s} {ms:8.2f} ms  peak +{mib:8.1f} MiB")
+    finally:
+        engine.detach()
+    return found

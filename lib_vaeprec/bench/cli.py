@@ -65,6 +65,8 @@ def parser():
                    "per op kind for the main dtype (CUDA)")
     p.add_argument("--no-encode", action="store_true", help="decode only")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain diffusers bf16/fp16 rows")
+    p.add_argument("--skip-fp32-timing", action="store_true",
+                   help="do not time plain fp32 (no ratios; the fp32 reference image is still made once)")
     p.add_argument("--tf32", choices=("off", "on"), default="off",
                    help="let fp32 convolutions/matmuls use TF32 (torch's default for cuDNN; off = strict fp32)")
     p.add_argument("--cudnn-benchmark", choices=("on", "off"), default="on",
@@ -93,7 +95,7 @@ def variants_from(args, device):
     if args.tile_size < 0 or (args.tile_size and (args.tile_size < 64 or args.tile_size % 8)):
         raise UsageError("--tile-size must be 0 (auto) or a multiple of 8 from 64 up")
     untiled = dict(tiling="off", nan_fallback=False)
-    variants = [runner.Variant("diffusers fp32", "fp32", plain=True)]
+    variants = [] if args.skip_fp32_timing else [runner.Variant("diffusers fp32", "fp32", plain=True)]
     if not args.no_baseline:
         variants += [runner.Variant(f"diffusers {d}", d, plain=True) for d in dtypes if d in ("bf16", "fp16")]
     variants += [runner.Variant(f"vaeprec {d}", d, options=VaeOptions(dtype=d, **untiled)) for d in dtypes]

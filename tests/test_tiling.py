@@ -128,3 +128,33 @@ def test_planner_sizes_tiles_from_free_memory(vae, monkeypatch):
     assert planner.tile_latent() == 64
     assert planner.untiled_bytes() == planner.bytes_per_latent_px * 256 * 256
     assert tiling.TilePlanner(vae, "decode", z, tile_px=512).tile_latent() == 64
+
+
+def test_original_layout_vae_tiles_exactly():
+    """The layout A1111, Forge and reForge run (up[0] highest resolution, mid without forward, temb args)."""
+    from standins.ldm_vae import AutoencoderKL
+    torch.manual_seed(0)
+    vae = AutoencoderKL().eval()
+    assert decoder_layout(vae.decoder) is not None and encoder_layout(vae.encoder) is not None
+    z = smooth_latents(2, 30, 44)
+    with torch.no_grad():
+        reference = vae.decode(z)
+        image = reference.clamp(-1, 1)
+        reference_latent = vae.encode(image).parameters
+    out, stats = tiled("decode", vae, z, 8)
+    assert stats.tiles > 1 and (out - reference).abs().max() < 1e-3
+    latent, stats = tiled("encode", vae, image, 8)
+    assert stats.tiles > 1 and (latent.parameters - reference_latent).abs().max() < 1e-3
+
+
+def test_engine_on_original_layout_returns_the_same_kind_of_result():
+    from standins.ldm_vae import AutoencoderKL, Distribution
+    torch.manual_seed(0)
+    vae = AutoencoderKL().eval()
+    engine = VaeEngine(vae, VaeOptions(dtype="bf16", tiling="always", tile_size=64)).attach()
+    with torch.no_grad():
+        image = vae.decode(smooth_latents(1, 16, 16))
+        posterior = vae.encode(image.clamp(-1, 1))
+    engine.detach()
+    assert isinstance(image, torch.Tensor) and image.dtype == torch.float32
+    assert isinstance(posterior, Distribution) and posterior.mean.dtype == torch.float32

@@ -24,9 +24,11 @@ from .coder_layout import call_block, decoder_layout, encoder_layout, run_mid
 log = logging.getLogger("vae_precision")
 
 SCALE = 8                 # pixels per latent pixel in the SD-family VAEs
-# Peak memory of an untiled call per latent pixel, in multiples of (widest late-stage channels x 64 x
-# itemsize x batch): from the SD VAE's measured peaks (docs/benchmarks.md), with headroom.
-PEAK_MAPS = {"decode": 5.0, "encode": 6.0}
+# Peak memory of an untiled call per latent pixel, in multiples of (full-resolution channels x 64 x
+# itemsize x batch). Measured on the SD VAE, H100 (docs/benchmarks.md): the peak is linear in pixels
+# (bf16 decode: 610 / 2434 / 9731 MiB at 512 / 1024 / 2048 px, i.e. 9.5 maps; encode 6.0; strict fp32
+# 6.0 and 5.0). The bf16 figures, rounded up, serve every dtype: fp32 is then overestimated, never under.
+PEAK_MAPS = {"decode": 10.0, "encode": 6.5}
 MIN_TILE = 8              # latent pixels (64 image pixels, the smallest tile option)
 
 
@@ -35,10 +37,7 @@ class TilePlanner:
 
     def __init__(self, module, kind, x, tile_px=0):
         self.module, self.kind, self.x, self.tile_px = module, kind, x, tile_px
-        coder = getattr(module, "decoder" if kind == "decode" else "encoder", module)
-        convs = [m for m in coder.modules() if isinstance(m, torch.nn.Conv2d)]
-        late = convs[-4:] if kind == "decode" else convs[:4]
-        channels = max((c.out_channels for c in late), default=512)
+        channels = _full_resolution_channels(module, kind)
         self.bytes_per_latent_px = PEAK_MAPS[kind] * channels * SCALE * SCALE * x.element_size() * x.shape[0]
 
     def latent_hw(self):
@@ -62,6 +61,15 @@ class TilePlanner:
         side = int(math.sqrt(max(budget, 0) / self.bytes_per_latent_px))
         h, w = self.latent_hw()
         return min(max(MIN_TILE, side - side % 8), max(h, w))
+
+
+def _full_resolution_channels(module, kind):
+    """Channels at image resolution (128 in the SD VAE), the same attribute names in both layouts."""
+    if kind == "decode":
+        conv = getattr(getattr(module, "decoder", None), "conv_out", None)
+        return conv.in_channels if conv is not None else 128
+    conv = getattr(getattr(module, "encoder", None), "conv_in", None)
+    return conv.out_channels if conv is not None else 128
 
 
 # ----- tiles along the maps -----

@@ -158,3 +158,14 @@ def test_engine_on_original_layout_returns_the_same_kind_of_result():
     engine.detach()
     assert isinstance(image, torch.Tensor) and image.dtype == torch.float32
     assert isinstance(posterior, Distribution) and posterior.mean.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind,px,measured_mib", [("decode", 512, 610), ("decode", 2048, 9731),
+                                                  ("encode", 512, 386), ("encode", 2048, 6168)])
+def test_untiled_estimate_covers_the_measured_h100_peaks(kind, px, measured_mib):
+    """The SD VAE's bf16 peaks measured on the H100 (docs/benchmarks.md), within +15% and never under."""
+    from lib_vaeprec.bench.models import build
+    vae = build("sd")
+    x = torch.zeros(1, 4, px // 8, px // 8) if kind == "decode" else torch.zeros(1, 3, px, px)
+    estimate = tiling.TilePlanner(vae, kind, x.to(torch.bfloat16)).untiled_bytes() / 2**20
+    assert measured_mib <= estimate <= 1.15 * measured_mib

@@ -59,7 +59,8 @@ class WeightCast:
     def __init__(self, module):
         self.module = module
         self._originals = {}     # slot -> original tensor (CPU copy or the original CPU tensor)
-        self._cast_prints = {}   # slot -> fingerprint right after we cast it
+        self._cast_prints = {}   # slot -> version counter right after we cast it
+        self._plan_key, self._plan = None, None   # (dtype, keep_fp32) -> [(slot, target dtype)]
 
     @property
     def active(self):
@@ -75,14 +76,8 @@ class WeightCast:
     def cast(self, dtype, keep_fp32=()):
         """Casts floating weights to `dtype`; submodules named in keep_fp32 to float32."""
         self._adopt_host_changes()
-        targets = {}
-        for name, sub in self.module.named_modules():
-            if name in keep_fp32:
-                for slot in _slots(sub):
-                    targets[slot] = torch.float32
         with torch.no_grad():
-            for slot in _slots(self.module):
-                target = targets.get(slot, dtype)
+            for slot, target in self._plan_for(dtype, frozenset(keep_fp32)):
                 tensor = _get(slot)
                 if tensor.dtype == target:
                     continue
@@ -94,6 +89,14 @@ class WeightCast:
                     self._originals[slot] = source if source.device.type == "cpu" else source.to("cpu")
                 _set_data(slot, source.to(target))
                 self._cast_prints[slot] = _version(_get(slot))
+
+    def _plan_for(self, dtype, keep_fp32):
+        # The module's structure does not change between calls: walk it once per (dtype, keep) choice.
+        if self._plan_key != (dtype, keep_fp32):
+            kept = {slot for name, sub in self.module.named_modules() if name in keep_fp32 for slot in _slots(sub)}
+            self._plan = [(slot, torch.float32 if slot in kept else dtype) for slot in _slots(self.module)]
+            self._plan_key = (dtype, keep_fp32)
+        return self._plan
 
     def restore(self):
         """Puts the original tensors back, on whatever device the host has the module now."""

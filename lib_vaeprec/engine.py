@@ -69,6 +69,7 @@ class VaeEngine:
         self.offloader = Offloader(options.offload)
         self._mixed = _MixedHooks()
         self._compiled = CompiledCoders()
+        self._fp32_names = None             # submodules the mixed policy keeps in fp32 (found once)
         self._shadowed = {}                 # method name -> what the instance dict held before (or None)
         self.last_call = None
 
@@ -143,7 +144,9 @@ class VaeEngine:
             self._mixed.remove()
             self.caster.restore()
             return self._host_dtype()
-        keep = fp32_module_names(self.module) if precision.mixed else ()
+        if precision.mixed and self._fp32_names is None:
+            self._fp32_names = fp32_module_names(self.module)
+        keep = self._fp32_names if precision.mixed else ()
         self.caster.cast(precision.dtype, keep)
         if precision.mixed and self._mixed.key != precision.dtype:
             self._mixed.install(self.module, keep, precision.dtype)

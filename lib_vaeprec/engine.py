@@ -213,7 +213,7 @@ class VaeEngine:
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
             if not memory.is_out_of_memory(error) or mode == "off":
                 raise
-        error = None  # drop the traceback's references to the failed call's tensors before retrying
+        # Outside the except block: the failed call's frames (and their tensors) are gone before the retry.
         memory.release_cached(x.device)
         log.warning("VAE Precision: %s ran out of memory untiled; redoing it tiled", kind)
         stats.tiled_after_oom = True

@@ -160,3 +160,15 @@ def test_inference_mode_weights_cast_and_restore(tiny_vae):
         vae.decode(latents())
     engine.detach()
     assert_same(vae, before)
+
+
+def test_cast_tiling_and_detach_inside_inference_mode(tiny_vae):
+    """Forge decodes and encodes inside torch.inference_mode(); the weights' originals survive it."""
+    before = snapshot(tiny_vae)
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16", tiling="always", tile_size=64)).attach()
+    with torch.inference_mode():
+        image = tiny_vae.decode(latents()).sample
+        latent = tiny_vae.encode(image).latent_dist.mean
+        engine.detach()
+    assert image.dtype == latent.dtype == torch.float32
+    assert_same(tiny_vae, before)

@@ -8,35 +8,11 @@ A plain `.to(dtype)` or `.to(device)` by the host leaves the counter alone: the 
 """
 import torch
 
+from .tensor_slots import get as _get, set_data as _set_data, slots
+
 NORM_TYPES = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
 # Output convolutions kept in fp32 by the mixed policy (same names in diffusers, ldm, sgm and the Forge backends).
 MIXED_FP32_NAMES = ("decoder.conv_out", "quant_conv")   # exact names, or ending in "." + name
-
-
-def _slots(module):
-    """Every floating tensor slot (owner, dict name, key), each tensor once (tied weights)."""
-    seen = set()
-    for owner in module.modules():
-        for store in ("_parameters", "_buffers"):
-            for key, tensor in getattr(owner, store).items():
-                if tensor is None or not tensor.is_floating_point() or id(tensor) in seen:
-                    continue
-                seen.add(id(tensor))
-                yield owner, store, key
-
-
-def _get(slot):
-    owner, store, key = slot
-    return getattr(owner, store)[key]
-
-
-def _set_data(slot, value):
-    owner, store, key = slot
-    tensor = getattr(owner, store)[key]
-    if store == "_parameters":
-        tensor.data = value          # keep the Parameter object: the host may hold references to it
-    else:
-        getattr(owner, store)[key] = value
 
 
 def _version(tensor):
@@ -93,8 +69,8 @@ class WeightCast:
     def _plan_for(self, dtype, keep_fp32):
         # The module's structure does not change between calls: walk it once per (dtype, keep) choice.
         if self._plan_key != (dtype, keep_fp32):
-            kept = {slot for name, sub in self.module.named_modules() if name in keep_fp32 for slot in _slots(sub)}
-            self._plan = [(slot, torch.float32 if slot in kept else dtype) for slot in _slots(self.module)]
+            kept = {slot for name, sub in self.module.named_modules() if name in keep_fp32 for slot in slots(sub, floating_only=True)}
+            self._plan = [(slot, torch.float32 if slot in kept else dtype) for slot in slots(self.module, floating_only=True)]
             self._plan_key = (dtype, keep_fp32)
         return self._plan
 

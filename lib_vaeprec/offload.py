@@ -8,25 +8,12 @@ cpu:        on the CPU; the whole call runs there.
 """
 import torch
 
+from .tensor_slots import get, set_data, slots
+
 
 def _leaf_modules(module):
     return [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))
             or any(b is not None for b in m._buffers.values())]
-
-
-def _tensors(module, recurse=True):
-    for owner in (module.modules() if recurse else [module]):
-        for store in ("_parameters", "_buffers"):
-            for key, tensor in getattr(owner, store).items():
-                if tensor is not None:
-                    yield owner, store, key, tensor
-
-
-def _assign(owner, store, key, value):
-    if store == "_parameters":
-        getattr(owner, store)[key].data = value
-    else:
-        getattr(owner, store)[key] = value
 
 
 class Offloader:
@@ -44,9 +31,10 @@ class Offloader:
             return home
         return torch.device(input_device)
 
-    def _to_cpu(self, owner, store, key, tensor):
-        slot = (id(owner), store, key)
-        mirror = self._mirrors.get(slot)
+    def _to_cpu(self, slot, tensor):
+        owner, store, key = slot
+        mirror_key = (id(owner), store, key)
+        mirror = self._mirrors.get(mirror_key)
         if tensor.device.type == "cpu":
             return
         version = None if tensor.is_inference() else tensor._version
@@ -55,21 +43,19 @@ class Offloader:
             if torch.cuda.is_available():
                 cpu = cpu.pin_memory()
             mirror = (cpu, (tensor.dtype, version))
-            self._mirrors[slot] = mirror
-        _assign(owner, store, key, mirror[0])
+            self._mirrors[mirror_key] = mirror
+        set_data(slot, mirror[0])
 
     @staticmethod
-    def _to_device(owner, store, key, tensor, device):
-        if tensor.device != device:
-            _assign(owner, store, key, tensor.to(device, non_blocking=True))
-
-    def _upload(self, module, device, recurse=True):
-        for owner, store, key, tensor in _tensors(module, recurse):
-            self._to_device(owner, store, key, tensor, device)
+    def _upload(module, device, recurse=True):
+        for slot in slots(module, recurse):
+            tensor = get(slot)
+            if tensor.device != device:
+                set_data(slot, tensor.to(device, non_blocking=True))
 
     def _offload(self, module, recurse=True):
-        for owner, store, key, tensor in _tensors(module, recurse):
-            self._to_cpu(owner, store, key, tensor)
+        for slot in slots(module, recurse):
+            self._to_cpu(slot, get(slot))
 
     def before_call(self, module, device):
         if self.home is None:

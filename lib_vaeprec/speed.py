@@ -9,6 +9,8 @@ import logging
 
 import torch
 
+from . import forward_override
+
 log = logging.getLogger("vae_precision")
 _compiled = {}          # coder class -> compiled forward (or None after a failure)
 
@@ -30,8 +32,8 @@ class CompiledCoders:
             coder = getattr(module, part, None)
             if coder is None or coder in self._installed or _compiled.get(type(coder), True) is None:
                 continue
-            self._installed[coder] = coder.__dict__.get("forward")
-            coder.forward = functools.partial(self._run, coder, coder.forward)
+            self._installed[coder] = forward_override.install(
+                coder, functools.partial(self._run, coder, coder.forward))
 
     @staticmethod
     def _run(coder, eager, *args, **kwargs):
@@ -49,10 +51,7 @@ class CompiledCoders:
 
     def remove(self):
         for coder, previous in self._installed.items():
-            if previous is None:
-                coder.__dict__.pop("forward", None)
-            else:
-                coder.forward = previous
+            forward_override.restore(coder, previous)
         self._installed.clear()
 
 

@@ -19,6 +19,7 @@ import math
 import torch
 
 from . import groupnorm_stats, memory
+from .forward_override import Replaced
 from .coder_layout import call_block, decoder_layout, encoder_layout, run_mid
 
 log = logging.getLogger("vae_precision")
@@ -88,23 +89,6 @@ def _tiles(height, width, tile, halo, align=1):
             yield ys, xs
 
 
-class _Replace:
-    """Temporarily replaces a module's forward on the instance."""
-
-    def __init__(self, target, forward):
-        self.target, self.forward = target, forward
-
-    def __enter__(self):
-        self.previous = self.target.__dict__.get("forward")
-        self.target.forward = self.forward
-
-    def __exit__(self, *exc):
-        if self.previous is None:
-            self.target.__dict__.pop("forward", None)
-        else:
-            self.target.forward = self.previous
-
-
 class _Stop(Exception):
     """Raised inside a block once the part we need has been computed."""
 
@@ -141,13 +125,13 @@ class StageRunner:
         """A resnet block: norm1 from x's statistics; conv1's output kept whole for norm2's statistics
         when it fits (else recomputed); then conv2 + shortcut, tile by tile."""
         stats1 = groupnorm_stats.of_map(x, block.norm1.num_groups)
-        norm1 = _Replace(block.norm1, lambda t: groupnorm_stats.normalise(block.norm1, t, stats1))
+        norm1 = Replaced(block.norm1, lambda t: groupnorm_stats.normalise(block.norm1, t, stats1))
         out_channels = block.conv1.out_channels
 
         def up_to_norm2(tile):
             def capture(h):
                 raise _Stop(h)
-            with norm1, _Replace(block.norm2, capture):
+            with norm1, Replaced(block.norm2, capture):
                 try:
                     call_block(block, tile)
                 except _Stop as stop:
@@ -164,13 +148,13 @@ class StageRunner:
             for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo=1):
                 stats2.add(up_to_norm2(x[..., r0:r1, s0:s1])[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0])
             h = None
-        norm2 = _Replace(block.norm2, lambda t: groupnorm_stats.normalise(block.norm2, t, stats2))
+        norm2 = Replaced(block.norm2, lambda t: groupnorm_stats.normalise(block.norm2, t, stats2))
 
         def whole_block(tile, region):
             with norm1, norm2:
                 if h is None:
                     return call_block(block, tile)
-                with _Replace(block.conv1, lambda _t: h[..., region[0]:region[1], region[2]:region[3]]):
+                with Replaced(block.conv1, lambda _t: h[..., region[0]:region[1], region[2]:region[3]]):
                     return call_block(block, tile)
 
         halo = 1 if h is not None else 2
@@ -198,7 +182,7 @@ class StageRunner:
         stats = groupnorm_stats.of_map(x, layout.norm_out.num_groups)
 
         def fn(tile):
-            with _Replace(layout.norm_out, lambda t: groupnorm_stats.normalise(layout.norm_out, t, stats)):
+            with Replaced(layout.norm_out, lambda t: groupnorm_stats.normalise(layout.norm_out, t, stats)):
                 h = layout.norm_out(tile)
             h = layout.conv_out(torch.nn.functional.silu(h))
             return torch.tanh(h) if layout.tanh_out else h
@@ -248,7 +232,7 @@ def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats):
         return original(x, *args, **kwargs)
     runner = StageRunner(_tile_elems(tile_latent))
     run = decode_stagewise if kind == "decode" else encode_stagewise
-    with _Replace(coder, lambda h, *a, **k: run(layout, h, runner)):
+    with Replaced(coder, lambda h, *a, **k: run(layout, h, runner)):
         result = original(x, *args, **kwargs)
     stats.tiles += runner.most_tiles
     stats.tile_px = tile_latent * SCALE

@@ -59,11 +59,6 @@ def to_float32(value):
     return value if tensor.dtype == torch.float32 else with_tensor(value, tensor.float())
 
 
-def concat(results):
-    """Joins per-sample (or per-chunk) results along the batch dimension."""
-    return with_tensor(results[0], torch.cat([main_tensor(r) for r in results], dim=0))
-
-
 def replace_samples(value, index, replacement):
     """`value` with the batch entries at `index` (a 1-D long tensor) taken from `replacement`."""
     tensor = main_tensor(value).clone()

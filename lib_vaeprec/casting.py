@@ -15,7 +15,7 @@ NORM_TYPES = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
 MIXED_FP32_NAMES = ("decoder.conv_out", "quant_conv")   # exact names, or ending in "." + name
 
 
-def _version(tensor):
+def version_of(tensor):
     # Tensors made under torch.inference_mode() (Forge builds its models there) keep no counter:
     # for them an in-place reload is only seen through the host adapters' load hooks.
     return None if tensor.is_inference() else tensor._version
@@ -44,7 +44,7 @@ class WeightCast:
 
     def _adopt_host_changes(self):
         for slot, print_ in list(self._cast_prints.items()):
-            if _version(_get(slot)) != print_:
+            if version_of(_get(slot)) != print_:
                 # The host rewrote or recast this tensor: what it holds now is the host's truth.
                 del self._cast_prints[slot]
                 self._originals.pop(slot, None)
@@ -64,7 +64,7 @@ class WeightCast:
                     source = tensor.data
                     self._originals[slot] = source if source.device.type == "cpu" else source.to("cpu")
                 _set_data(slot, source.to(target))
-                self._cast_prints[slot] = _version(_get(slot))
+                self._cast_prints[slot] = version_of(_get(slot))
 
     def _plan_for(self, dtype, keep_fp32):
         # The module's structure does not change between calls: walk it once per (dtype, keep) choice.

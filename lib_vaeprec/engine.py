@@ -14,6 +14,8 @@ from . import dtypes, guard, memory, outputs, policy, tiling
 from .casting import WeightCast, fp32_module_names, NORM_TYPES
 from .device_caps import caps_of
 from .offload import Offloader
+from .banded_conv import BandedConvs
+from .fused_upsample import FusedUpsamplers
 from .speed import CompiledCoders, to_memory_format
 from .options import VaeOptions
 from .stats import CallStats, dtype_label, measure
@@ -69,6 +71,8 @@ class VaeEngine:
         self.offloader = Offloader(options.offload)
         self._mixed = _MixedHooks()
         self._compiled = CompiledCoders()
+        self._fused = FusedUpsamplers()
+        self._banded = BandedConvs()
         self._fp32_names = None             # submodules the mixed policy keeps in fp32 (found once)
         self._shadowed = {}                 # method name -> what the instance dict held before (or None)
         self.last_call = None
@@ -119,6 +123,8 @@ class VaeEngine:
         """Undoes offload and casting, keeping the wrappers (used before the host reloads weights)."""
         self._mixed.remove()
         self._compiled.remove()
+        self._fused.remove()
+        self._banded.remove()
         to_memory_format(self.module, channels_last=False)
         self.offloader.return_home(self.module)
         self.caster.restore()
@@ -185,6 +191,8 @@ class VaeEngine:
                 result = _to_device(result, x.device if device.type == "cpu" else device)
         finally:
             self.offloader.after_call(self.module)
+            if self.offloader.mode != "keep":
+                self._fused.forget_kernels()     # they would stay on the GPU between calls
             if opts.free_memory:
                 memory.release_cached(device)
         self.last_call = stats
@@ -196,10 +204,11 @@ class VaeEngine:
         if self.options.channels_last:
             to_memory_format(self.module, channels_last=True)
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.options.compile and device.type == "cuda":
-            self._compiled.install(self.module)
-        else:
-            self._compiled.remove()
+        compiled = self.options.compile and device.type == "cuda"
+        # Under torch.compile the compiler's own code for these layers measured faster: eager only.
+        _toggle(self._compiled, compiled, self.module)
+        _toggle(self._fused, self.options.fused_upsample and not compiled, self.module)
+        _toggle(self._banded, self.options.low_memory and not compiled, self.module)
         return x
 
     def _run_sized(self, kind, original, x, args, kwargs, stats):
@@ -244,6 +253,13 @@ class VaeEngine:
         if stats.fallbacks and current != dtype:
             self._prepare_weights(self.precision_for(device))  # back to the chosen dtype for the next call
         return result
+
+
+def _toggle(installer, on, module):
+    if on:
+        installer.install(module)
+    else:
+        installer.remove()
 
 
 def _autocast_off(device):

@@ -46,6 +46,12 @@ def default_dtypes(device):
     return chosen
 
 
+# --speed names -> the options each sets (fused_upsample is on by default, so its variant turns it off)
+SPEED_FLAGS = {"compile": {"compile": True}, "channels_last": {"channels_last": True},
+               "low_memory": {"low_memory": True}, "unfused": {"fused_upsample": False},
+               "free_memory": {"free_memory": True}}
+
+
 def parser():
     p = argparse.ArgumentParser(prog="python -m lib_vaeprec bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,7 +66,7 @@ def parser():
     p.add_argument("--tile-size", type=int, default=0, help="tile size in pixels for tiled variants (0: from free memory)")
     p.add_argument("--offload", default="", help="also run these offload modes: " + ",".join(OFFLOAD_CHOICES))
     p.add_argument("--speed", default="", help="also run these speed options on the main dtype: "
-                   "compile, channels_last, compile+channels_last")
+                   + ", ".join(SPEED_FLAGS) + " (join with +, e.g. compile+channels_last)")
     p.add_argument("--profile", action="store_true", help="print time and peak memory per stage and GPU time "
                    "per op kind for the main dtype (CUDA)")
     p.add_argument("--no-encode", action="store_true", help="decode only")
@@ -109,12 +115,12 @@ def variants_from(args, device):
         flags = combo.split("+")
         if any(f not in SPEED_FLAGS for f in flags):
             raise UsageError(f"unknown speed option {combo!r}: choose from {', '.join(SPEED_FLAGS)} (join with +)")
+        chosen = {name: value for f in flags for name, value in SPEED_FLAGS[f].items()}
         variants.append(runner.Variant(f"vaeprec {main_dtype} {combo}", main_dtype, options=VaeOptions(
-            dtype=main_dtype, **untiled, **{f: True for f in flags})))
+            dtype=main_dtype, **untiled, **chosen)))
     return variants
 
 
-SPEED_FLAGS = ("compile", "channels_last")
 
 
 def main(argv=None):
@@ -169,7 +175,8 @@ def run(args, device, sizes, variants, vae):
 def _profile(vae, device, sizes, variants, args):
     from ..engine import VaeEngine
     from . import profile
-    main = next((v for v in variants if not v.plain and v.options.dtype != "fp32"), variants[-1])
+    # the last of ours in a 16-bit dtype: a --speed variant when there is one
+    main = next((v for v in reversed(variants) if not v.plain and v.options.dtype != "fp32"), variants[-1])
     engine = VaeEngine(vae, main.options).attach()
     found = {}
     try:

@@ -42,6 +42,21 @@ def resident_bytes(device):
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
 
+def cached_bytes(device):
+    """What torch's allocator keeps reserved but unused: memory other programs cannot have."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def device_used_bytes(device):
+    """Memory in use on the whole device, as nvidia-smi counts it."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free
+
+
 def image_psnr(image, reference):
     """PSNR in dB of images in [-1, 1], compared in [0, 1] (99 for identical)."""
     a = (image.float().clamp(-1, 1) + 1) / 2

@@ -3,9 +3,10 @@ import json
 import os
 
 COLUMNS = [("size", 5), ("op", 6), ("variant", 26), ("ms", 9), ("x_time", 7), ("peak_mib", 9), ("x_peak", 7),
-           ("psnr", 6), ("psnr_vs_untiled", 8), ("max_abs", 8), ("nonfinite", 4), ("tiles", 5)]
+           ("psnr", 6), ("psnr_vs_untiled", 8), ("max_abs", 8), ("nonfinite", 4), ("tiles", 5),
+           ("cached_mib", 8)]
 HEADERS = {"x_time": "xfp32", "x_peak": "xfp32", "peak_mib": "peakMiB", "psnr_vs_untiled": "PSNRtile",
-           "nonfinite": "NaN", "max_abs": "maxerr"}
+           "nonfinite": "NaN", "max_abs": "maxerr", "cached_mib": "cacheMiB"}
 
 
 def _cell(value):

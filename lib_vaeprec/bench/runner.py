@@ -84,6 +84,10 @@ def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, se
     return rows
 
 
+def _mib(value):
+    return None if value is None else round(value / 2**20, 1)
+
+
 def _row(size, batch, op, variant, prepared, ms, peak, result, ref, untiled, baseline, device):
     psnr = measure.image_psnr if op == "decode" else measure.latent_psnr
     result = result.float()
@@ -92,7 +96,9 @@ def _row(size, batch, op, variant, prepared, ms, peak, result, ref, untiled, bas
     row = dict(
         size=size, batch=batch, op=op, variant=variant.name, ms=round(ms, 2),
         peak_mib=None if peak is None else round(peak / 2**20, 1),
-        resident_mib=None if measure.resident_bytes(device) is None else round(measure.resident_bytes(device) / 2**20, 1),
+        resident_mib=_mib(measure.resident_bytes(device)),
+        cached_mib=_mib(measure.cached_bytes(device)),
+        device_used_mib=_mib(measure.device_used_bytes(device)),
         psnr=round(psnr(result, ref), 2), max_abs=round((result - ref).abs().max().item(), 4),
         nonfinite=measure.nonfinite_count(result), tiles=stats.tiles if stats else 0,
         dtype_used=stats.dtype if stats else variant.dtype,

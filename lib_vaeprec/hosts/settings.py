@@ -58,6 +58,12 @@ SPECS = (
               "for tens of seconds per image size; falls back to normal running if compiling fails"),
     Spec("channels_last", DEFAULTS.channels_last, "channels_last memory format for the VAE", "Checkbox",
          info="measured slower in eager bf16 on H100; can help some GPUs and compiled runs"),
+    Spec("fused_upsample", DEFAULTS.fused_upsample, "Upsample and convolve in one step", "Checkbox",
+         info="the decoder's upsample + conv as one transposed conv: same result, less memory, faster "
+              "(not used with compile)"),
+    Spec("low_memory", DEFAULTS.low_memory, "Low-memory convolutions (bf16/fp16, CUDA)", "Checkbox",
+         info="large convolutions run in bands of rows: about 0.5x the fp32 peak memory instead of 0.8x, "
+              "about 15% slower"),
 )
 
 

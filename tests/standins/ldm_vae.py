@@ -45,12 +45,14 @@ class AttnBlock(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels):
+    def __init__(self, channels, with_conv=True):
         super().__init__()
+        self.with_conv = with_conv
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if self.with_conv else x
 
 
 class Downsample(nn.Module):

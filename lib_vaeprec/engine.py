@@ -194,7 +194,7 @@ class VaeEngine:
             if self.offloader.mode != "keep":
                 self._fused.forget_kernels()     # they would stay on the GPU between calls
             if opts.free_memory:
-                memory.release_cached(device)
+                memory.release_cached(device, collect=False)
         self.last_call = stats
         if self.on_call is not None:
             self.on_call(stats)

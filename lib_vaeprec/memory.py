@@ -27,9 +27,13 @@ def is_out_of_memory(error):
     return isinstance(error, RuntimeError) and ("out of memory" in text or "mps backend out of memory" in text)
 
 
-def release_cached(device):
-    """Returns the allocator's cached blocks to the device (what 'free cached memory' asks for)."""
-    gc.collect()
+def release_cached(device, collect=True):
+    """Returns the allocator's cached blocks to the device (what 'free cached memory' asks for).
+
+    `collect` first runs Python's garbage collector, so tensors only cycles still hold are freed too;
+    it takes a few hundred ms in a web UI process, so the per-call option skips it."""
+    if collect:
+        gc.collect()
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -31,6 +31,7 @@ SCALE = 8                 # pixels per latent pixel in the SD-family VAEs
 # 6.0 and 5.0). The bf16 figures, rounded up, serve every dtype: fp32 is then overestimated, never under.
 PEAK_MAPS = {"decode": 10.0, "encode": 6.5}
 MIN_TILE = 8              # latent pixels (64 image pixels, the smallest tile option)
+MAPS_SHARE = 0.5          # of free memory, for the whole maps a tiled call holds at once
 
 
 class TilePlanner:
@@ -93,12 +94,58 @@ class _Stop(Exception):
     """Raised inside a block once the part we need has been computed."""
 
 
-class StageRunner:
-    """Runs the stages of one coder over whole maps, tile by tile."""
+class OnTheFly:
+    """An upsampler's output that is never held whole: each region is computed from the (4x smaller)
+    input when it is read. Used when holding it would not fit the memory budget."""
 
-    def __init__(self, tile_elems):
+    def __init__(self, upsampler, source):
+        self.upsampler, self.source = upsampler, source
+        n, _c, h, w = source.shape
+        self.shape = (n, _out_channels(upsampler), 2 * h, 2 * w)
+        self.dtype, self.device = source.dtype, source.device
+
+    def region(self, r0, r1, s0, s1):
+        # A 3x3 conv on the 2x map reads one upsampled pixel around each output, i.e. one source pixel.
+        h, w = self.source.shape[-2:]
+        a0, a1 = max(0, r0 // 2 - 1), min(h, (r1 + 1) // 2 + 1)
+        b0, b1 = max(0, s0 // 2 - 1), min(w, (s1 + 1) // 2 + 1)
+        y = self.upsampler(self.source[..., a0:a1, b0:b1])
+        return y[..., r0 - 2 * a0:r1 - 2 * a0, s0 - 2 * b0:s1 - 2 * b0]
+
+    def held_bytes(self):
+        return _bytes_of(self.source)
+
+
+def _region(x, r0, r1, s0, s1):
+    return x.region(r0, r1, s0, s1) if isinstance(x, OnTheFly) else x[..., r0:r1, s0:s1]
+
+
+def _bytes_of(x):
+    if isinstance(x, OnTheFly):
+        return x.held_bytes()
+    return x.numel() * x.element_size()
+
+
+def _map_bytes(like, channels, height, width):
+    """Bytes of a map of `like`'s batch and dtype with the given channels and size."""
+    itemsize = torch.empty((), dtype=like.dtype).element_size()
+    return like.shape[0] * channels * height * width * itemsize
+
+
+class StageRunner:
+    """Runs the stages of one coder over whole maps, tile by tile.
+
+    `budget` bounds the whole maps held at once: when a resnet's input, conv1 output and output do
+    not fit, conv1's output is recomputed tile by tile instead of kept; when an upsampler's output
+    (the largest map of the decoder) would not fit with the next resnet's maps, it is never held
+    (OnTheFly). Both cost compute, so they are used only when the budget asks.
+    """
+
+    def __init__(self, tile_elems, budget=float("inf")):
         self.tile_elems = tile_elems     # elements of one tile's activation (channels x pixels)
+        self.budget = budget
         self.most_tiles = 0              # tiles of the most finely tiled stage (the full-resolution one)
+        self.lean = []                   # what the budget made us recompute ("conv1", "upsampled")
 
     def tile_side(self, channels):
         return max(16, int(math.sqrt(self.tile_elems / max(1, channels))))
@@ -113,7 +160,7 @@ class StageRunner:
         """Y = fn(X) computed tile by tile; fn maps a tile to a tile `scale` times its size."""
         out = None
         for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo, align):
-            y = fn(x[..., r0:r1, s0:s1])
+            y = fn(_region(x, r0, r1, s0, s1))
             if out is None:
                 out = y.new_empty(y.shape[:2] + (int(x.shape[-2] * scale), int(x.shape[-1] * scale)))
             f = scale
@@ -121,10 +168,18 @@ class StageRunner:
                 y[..., int((c0 - r0) * f):int((c1 - r0) * f), int((d0 - s0) * f):int((d1 - s0) * f)]
         return out
 
+    def stats_of(self, x, groups):
+        if not isinstance(x, OnTheFly):
+            return groupnorm_stats.of_map(x, groups)
+        stats = groupnorm_stats.GroupStats(groups)
+        for (c0, c1, _r0, _r1), (d0, d1, _s0, _s1) in self._map_tiles(x, x.shape[1], halo=0):
+            stats.add(x.region(c0, c1, d0, d1))
+        return stats
+
     def resnet(self, block, x):
         """A resnet block: norm1 from x's statistics; conv1's output kept whole for norm2's statistics
-        when it fits (else recomputed); then conv2 + shortcut, tile by tile."""
-        stats1 = groupnorm_stats.of_map(x, block.norm1.num_groups)
+        when the budget allows (else recomputed); then conv2 + shortcut, tile by tile."""
+        stats1 = self.stats_of(x, block.norm1.num_groups)
         norm1 = Replaced(block.norm1, lambda t: groupnorm_stats.normalise(block.norm1, t, stats1))
         out_channels = block.conv1.out_channels
 
@@ -138,15 +193,16 @@ class StageRunner:
                     return stop.args[0]
             raise RuntimeError("resnet block never reached norm2")
 
-        h_bytes = x.numel() // x.shape[1] * out_channels * x.element_size()
-        keep_h = x.device.type == "cpu" or h_bytes < 0.5 * memory.free_bytes(x.device)
+        map_bytes = _map_bytes(x, out_channels, *x.shape[-2:])
+        keep_h = _bytes_of(x) + 2 * map_bytes <= self.budget
         if keep_h:
             h = self.per_tile(up_to_norm2, x, out_channels, halo=1)
             stats2 = groupnorm_stats.of_map(h, block.norm2.num_groups)
         else:
+            self.lean.append("conv1")
             stats2 = groupnorm_stats.GroupStats(block.norm2.num_groups)
             for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo=1):
-                stats2.add(up_to_norm2(x[..., r0:r1, s0:s1])[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0])
+                stats2.add(up_to_norm2(_region(x, r0, r1, s0, s1))[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0])
             h = None
         norm2 = Replaced(block.norm2, lambda t: groupnorm_stats.normalise(block.norm2, t, stats2))
 
@@ -160,11 +216,22 @@ class StageRunner:
         halo = 1 if h is not None else 2
         out = None
         for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo):
-            y = whole_block(x[..., r0:r1, s0:s1], (r0, r1, s0, s1))
+            y = whole_block(_region(x, r0, r1, s0, s1), (r0, r1, s0, s1))
             if out is None:
-                out = y.new_empty(y.shape[:2] + x.shape[-2:])
+                out = y.new_empty(y.shape[:2] + tuple(x.shape[-2:]))
             out[..., c0:c1, d0:d1] = y[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0]
         return out
+
+    def upsampled(self, upsampler, x, next_resnet):
+        """The upsampler's output, held whole, or OnTheFly when it would not fit beside the next
+        resnet's conv1 output and output."""
+        n, _c, h, w = x.shape
+        up_bytes = _map_bytes(x, _out_channels(upsampler), 2 * h, 2 * w)
+        following = 2 * _map_bytes(x, next_resnet.conv1.out_channels, 2 * h, 2 * w) if next_resnet else 0
+        if next_resnet is None or up_bytes + following <= self.budget:
+            return self.stage("up", upsampler, x)
+        self.lean.append("upsampled")
+        return OnTheFly(upsampler, x)
 
     def stage(self, kind, module, x):
         if kind == "resnet":
@@ -203,8 +270,13 @@ def decode_stagewise(layout, z, runner):
     h = runner.stage("conv", layout.head[0][1], z)
     h = run_mid(layout.mid, h)
     h = h.to(_dtype_of(layout.body[0][1]) if layout.body else h.dtype)
-    for kind, module in layout.body:
-        h = runner.stage(kind, module, h)
+    body = layout.body
+    for i, (kind, module) in enumerate(body):
+        if kind == "up":
+            following = body[i + 1] if i + 1 < len(body) else None
+            h = runner.upsampled(module, h, following[1] if following and following[0] == "resnet" else None)
+        else:
+            h = runner.stage(kind, module, h)
     return runner.output(layout, h)
 
 
@@ -230,10 +302,12 @@ def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats):
     if layout is None:
         log.warning("VAE Precision: unknown %s layout (%s); running untiled", part, type(coder).__name__)
         return original(x, *args, **kwargs)
-    runner = StageRunner(_tile_elems(tile_latent))
+    runner = StageRunner(_tile_elems(tile_latent), budget=MAPS_SHARE * memory.free_bytes(x.device))
     run = decode_stagewise if kind == "decode" else encode_stagewise
     with Replaced(coder, lambda h, *a, **k: run(layout, h, runner)):
         result = original(x, *args, **kwargs)
     stats.tiles += runner.most_tiles
     stats.tile_px = tile_latent * SCALE
+    if runner.lean:
+        log.info("VAE Precision: tiled %s recomputed %s to fit memory", kind, ", ".join(sorted(set(runner.lean))))
     return result

@@ -169,3 +169,32 @@ def test_untiled_estimate_covers_the_measured_h100_peaks(kind, px, measured_mib)
     x = torch.zeros(1, 4, px // 8, px // 8) if kind == "decode" else torch.zeros(1, 3, px, px)
     estimate = tiling.TilePlanner(vae, kind, x.to(torch.bfloat16)).untiled_bytes() / 2**20
     assert measured_mib <= estimate <= 1.15 * measured_mib
+
+
+@pytest.mark.parametrize("kind", ["decode", "encode"])
+def test_a_small_memory_budget_recomputes_and_still_equals_untiled(vae, kind, monkeypatch, caplog):
+    """With almost no free memory, upsampler outputs are never held and conv1 outputs are recomputed."""
+    z = smooth_latents(2, 30, 26)
+    with torch.no_grad():
+        reference_image = vae.decode(z).sample
+        x = z if kind == "decode" else reference_image.clamp(-1, 1)
+        reference = vae.decode(x).sample if kind == "decode" else vae.encode(x).latent_dist.mean
+    monkeypatch.setattr(tiling.memory, "free_bytes", lambda device: 1)
+    with caplog.at_level("INFO", logger="vae_precision"):
+        out, stats = tiled(kind, vae, x, 8)
+    result = out.sample if kind == "decode" else out.latent_dist.mean
+    assert stats.tiles > 1 and (result - reference).abs().max() < 1e-3
+    expected = "conv1, upsampled" if kind == "decode" else "conv1"
+    assert f"recomputed {expected} to fit memory" in caplog.text
+
+
+def test_original_layout_with_a_small_memory_budget(monkeypatch):
+    from standins.ldm_vae import AutoencoderKL
+    torch.manual_seed(0)
+    vae = AutoencoderKL().eval()
+    z = smooth_latents(1, 30, 44)
+    with torch.no_grad():
+        reference = vae.decode(z)
+    monkeypatch.setattr(tiling.memory, "free_bytes", lambda device: 1)
+    out, stats = tiled("decode", vae, z, 8)
+    assert stats.tiles > 1 and (out - reference).abs().max() < 1e-3

@@ -64,11 +64,13 @@ def parser():
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--tiling", choices=("off", "on"), default="off", help="also run tiled variants")
     p.add_argument("--tile-size", type=int, default=0, help="tile size in pixels for tiled variants (0: from free memory)")
+    p.add_argument("--free-gb", type=float, default=0,
+                   help="run the tiled variants with only this much GPU memory free (as on a smaller card)")
     p.add_argument("--offload", default="", help="also run these offload modes: " + ",".join(OFFLOAD_CHOICES))
     p.add_argument("--speed", default="", help="also run these speed options on the main dtype: "
                    + ", ".join(SPEED_FLAGS) + " (join with +, e.g. compile+channels_last)")
     p.add_argument("--profile", action="store_true", help="print time and peak memory per stage and GPU time "
-                   "per op kind for the main dtype (CUDA)")
+                   "per op kind for the last 16-bit variant, a --speed one when given (CUDA)")
     p.add_argument("--no-encode", action="store_true", help="decode only")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain diffusers bf16/fp16 rows")
     p.add_argument("--skip-fp32-timing", action="store_true",
@@ -158,12 +160,12 @@ def run(args, device, sizes, variants, vae):
     caps = caps_of(device)
     meta = dict(device=caps.name or device.type, torch=torch.__version__, python=platform.python_version(),
                 vae=args.vae or f"{args.arch} architecture, random weights (seed {args.seed})",
-                tf32=args.tf32, cudnn_benchmark=args.cudnn_benchmark, sizes=sizes, batch=args.batch, runs=args.runs, warmup=args.warmup, command=" ".join(sys.argv))
+                tf32=args.tf32, cudnn_benchmark=args.cudnn_benchmark, free_gb=args.free_gb, sizes=sizes, batch=args.batch, runs=args.runs, warmup=args.warmup, command=" ".join(sys.argv))
     print(f"VAE: {meta['vae']} | device: {meta['device']} | torch {meta['torch']} | "
           f"variants: {', '.join(v.name for v in variants)}", flush=True)
     with tqdm(total=len(sizes) * len(variants) * ops, desc="bench", unit="run") as bar:
         rows = runner.run(vae, device, sizes, variants, batch=args.batch, warmup=args.warmup, runs=args.runs,
-                          encode=not args.no_encode, seed=args.seed, progress=bar)
+                          encode=not args.no_encode, seed=args.seed, progress=bar, free_gb=args.free_gb)
     print(report.table(rows))
     if args.profile and device.type == "cuda":
         meta["profile"] = _profile(vae, device, sizes, variants, args)

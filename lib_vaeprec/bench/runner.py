@@ -1,10 +1,11 @@
 """Runs the benchmark variants over sizes: plain diffusers baselines first, then VAE Precision."""
+import contextlib
 import copy
 from dataclasses import dataclass, field
 
 import torch
 
-from .. import outputs
+from .. import memory, outputs
 from ..engine import VaeEngine
 from ..options import VaeOptions
 from . import measure
@@ -47,8 +48,24 @@ class _Prepared:
         del self.vae
 
 
-def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, seed=0, progress=None):
-    """One row per (size, operation, variant)."""
+@contextlib.contextmanager
+def _ballast(device, free_gb):
+    """Holds device memory so that only `free_gb` GB stay free: a smaller card, for tiled variants."""
+    if not free_gb or device.type != "cuda":
+        yield
+        return
+    spare = memory.free_bytes(device) - int(free_gb * 1e9)
+    block = torch.empty(max(0, spare), dtype=torch.uint8, device=device) if spare > 0 else None
+    try:
+        yield
+    finally:
+        del block
+
+
+def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, seed=0, progress=None,
+        free_gb=None):
+    """One row per (size, operation, variant). `free_gb`: the tiled variants run with only that much
+    device memory left free."""
     rows = []
     vae = vae.to(device)
     latent_channels = vae.config.latent_channels if hasattr(vae, "config") else 4
@@ -69,7 +86,8 @@ def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, se
                     ops.append(("encode", _encode, image, reference_latent))
                 for op, call, data, ref in ops:
                     data = data.to(prepared.dtype)
-                    with torch.no_grad():
+                    tiled = not variant.plain and variant.options.tiling == "always"
+                    with torch.no_grad(), _ballast(device, free_gb if tiled else None):
                         fn = lambda: call(prepared.vae, data)  # noqa: E731
                         ms, result = measure.timed_runs(fn, device, warmup, runs)
                         peak = measure.peak_extra_bytes(fn, device)

@@ -179,7 +179,8 @@ class VaeEngine:
         try:
             # Autocast off: a host's autocast region (sgm's decode_first_stage can open one) would
             # otherwise override the dtype chosen here.
-            with torch.no_grad(), _autocast_off(device), measure(stats, device):
+            with torch.no_grad(), _autocast_off(device), _cudnn_benchmark(opts.cudnn_benchmark), \
+                    measure(stats, device):
                 self.offloader.before_call(self.module, device)
                 dtype = self._prepare_weights(precision)
                 stats.dtype = dtype_label(precision) if precision else dtypes.name_of(dtype)
@@ -253,6 +254,20 @@ class VaeEngine:
         if stats.fallbacks and current != dtype:
             self._prepare_weights(self.precision_for(device))  # back to the chosen dtype for the next call
         return result
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(on):
+    """cuDNN autotuning for the VAE call only; the host's own setting is back afterwards."""
+    if not on:
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _toggle(installer, on, module):

@@ -48,3 +48,19 @@ def test_compile_is_only_used_on_cuda(tiny_vae):
     with torch.no_grad():
         tiny_vae.decode(torch.randn(1, 4, 8, 8))
     assert "forward" not in tiny_vae.decoder.__dict__
+
+
+def test_cudnn_autotuning_is_on_only_during_the_call(tiny_vae):
+    seen = []
+    original = tiny_vae.decoder.forward
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        return original(*args, **kwargs)
+    tiny_vae.decoder.forward = spy
+    before = torch.backends.cudnn.benchmark
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="fp32", cudnn_benchmark=True)).attach()
+    with torch.no_grad():
+        tiny_vae.decode(torch.randn(1, 4, 4, 4))
+    engine.detach()
+    assert seen == [True] and torch.backends.cudnn.benchmark == before

@@ -38,6 +38,12 @@ def upsample_conv(x, conv, kernel):
     return F.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)
 
 
+def _too_large(x, conv):
+    # A sample whose output has 2^31 elements or more (256 channels at 4096²) sends conv_transpose2d
+    # to torch's slow fallback kernel, where the plain conv still runs on cuDNN.
+    return conv.out_channels * 4 * x.shape[-2] * x.shape[-1] >= 2 ** 31
+
+
 def _parts(module):
     """(conv, is_diffusers) of an upsampler that is exactly nearest-2x + 3x3 conv (pad 1), else None."""
     conv = getattr(module, "conv", None)
@@ -80,7 +86,7 @@ class FusedUpsamplers:
             if args or kwargs.get("output_size") is not None:
                 return eager(x, *args, **kwargs)        # an explicit output size: the plain path
             conv = upsampler.conv
-            if x.dtype != conv.weight.dtype or not runs_plain(conv):
+            if _too_large(x, conv) or x.dtype != conv.weight.dtype or not runs_plain(conv):
                 return eager(x, *args, **kwargs)        # the host's conv casts or patches: leave it to it
             return upsample_conv(x, conv, self._kernel(upsampler, conv.weight))
         return forward

@@ -114,3 +114,9 @@ def test_banding_applies_only_to_large_16bit_cuda_maps(tiny_vae):
     assert any(isinstance(m, torch.nn.Conv2d) for m in _instance_forwards(tiny_vae))
     engine.detach()
     assert _instance_forwards(tiny_vae) == []
+
+
+def test_fused_upsampling_leaves_huge_samples_to_the_plain_path():
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1)
+    assert fused_upsample._too_large(torch.empty(1, 256, 2048, 2048, device="meta"), conv)
+    assert not fused_upsample._too_large(torch.empty(4, 256, 1024, 1024, device="meta"), conv)

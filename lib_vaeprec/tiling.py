@@ -98,22 +98,61 @@ class OnTheFly:
     """An upsampler's output that is never held whole: each region is computed from the (4x smaller)
     input when it is read. Used when holding it would not fit the memory budget."""
 
-    def __init__(self, upsampler, source):
+    def __init__(self, upsampler, source, compute_device=None):
         self.upsampler, self.source = upsampler, source
         n, _c, h, w = source.shape
         self.shape = (n, _out_channels(upsampler), 2 * h, 2 * w)
-        self.dtype, self.device = source.dtype, source.device
+        self.dtype, self.device = source.dtype, compute_device or source.device
 
     def region(self, r0, r1, s0, s1):
         # A 3x3 conv on the 2x map reads one upsampled pixel around each output, i.e. one source pixel.
         h, w = self.source.shape[-2:]
         a0, a1 = max(0, r0 // 2 - 1), min(h, (r1 + 1) // 2 + 1)
         b0, b1 = max(0, s0 // 2 - 1), min(w, (s1 + 1) // 2 + 1)
-        y = self.upsampler(self.source[..., a0:a1, b0:b1])
+        y = self.upsampler(self.source[..., a0:a1, b0:b1].to(self.device, non_blocking=True))
         return y[..., r0 - 2 * a0:r1 - 2 * a0, s0 - 2 * b0:s1 - 2 * b0]
 
     def held_bytes(self):
-        return _bytes_of(self.source)
+        return 0 if self.source.device != self.device else _bytes_of(self.source)
+
+
+def _to_host(x):
+    """A copy in pinned host memory (for fast, asynchronous copies back); a CPU map stays as it is."""
+    if x.device.type == "cpu":
+        return x
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=x.is_cuda)
+    host.copy_(x)
+    return host
+
+
+def _overwrite_lagged(x, tiles, compute):
+    """x = compute(x) tile by tile, written into x itself. A tile's result is written only once no
+    later tile reads those pixels as its halo: after the tile diagonally below-right of it is done.
+    So the block needs x and about one row of results, not a second whole map."""
+    rows = {}
+    for tile in tiles:
+        rows.setdefault(tile[0][:2], []).append(tile)
+    pending = []                      # results of the previous row of tiles, by column
+    for row in rows.values():
+        current = []
+        for j, ((c0, c1, r0, r1), (d0, d1, s0, s1)) in enumerate(row):
+            y = compute(r0, r1, s0, s1)
+            current.append(((c0, c1, d0, d1), y[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0]))
+            if j >= 1 and pending:
+                _write(x, pending, j - 1)
+        for k in range(len(pending)):
+            _write(x, pending, k)
+        pending = current
+    for k in range(len(pending)):
+        _write(x, pending, k)
+    return x
+
+
+def _write(x, results, k):
+    if results[k] is not None:
+        (c0, c1, d0, d1), y = results[k]
+        x[..., c0:c1, d0:d1] = y
+        results[k] = None
 
 
 def _region(x, r0, r1, s0, s1):
@@ -214,9 +253,16 @@ class StageRunner:
                     return call_block(block, tile)
 
         halo = 1 if h is not None else 2
+        tiles = self._map_tiles(x, out_channels, halo)
+        compute = lambda r0, r1, s0, s1: whole_block(_region(x, r0, r1, s0, s1), (r0, r1, s0, s1))  # noqa: E731
+        in_place = (h is None and not isinstance(x, OnTheFly) and out_channels == x.shape[1]
+                    and _bytes_of(x) + map_bytes > self.budget)
+        if in_place:
+            self.lean.append("in place")
+            return _overwrite_lagged(x, tiles, compute)
         out = None
-        for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo):
-            y = whole_block(_region(x, r0, r1, s0, s1), (r0, r1, s0, s1))
+        for (c0, c1, r0, r1), (d0, d1, s0, s1) in tiles:
+            y = compute(r0, r1, s0, s1)
             if out is None:
                 out = y.new_empty(y.shape[:2] + tuple(x.shape[-2:]))
             out[..., c0:c1, d0:d1] = y[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0]
@@ -224,13 +270,17 @@ class StageRunner:
 
     def upsampled(self, upsampler, x, next_resnet):
         """The upsampler's output, held whole, or OnTheFly when it would not fit beside the next
-        resnet's conv1 output and output."""
+        resnet's conv1 output and output. When even its input beside the next output does not fit,
+        that input waits in host memory and each region is fetched from there."""
         n, _c, h, w = x.shape
         up_bytes = _map_bytes(x, _out_channels(upsampler), 2 * h, 2 * w)
-        following = 2 * _map_bytes(x, next_resnet.conv1.out_channels, 2 * h, 2 * w) if next_resnet else 0
-        if next_resnet is None or up_bytes + following <= self.budget:
+        next_map = _map_bytes(x, next_resnet.conv1.out_channels, 2 * h, 2 * w) if next_resnet else 0
+        if next_resnet is None or up_bytes + 2 * next_map <= self.budget:
             return self.stage("up", upsampler, x)
         self.lean.append("upsampled")
+        if _bytes_of(x) + next_map > self.budget:
+            self.lean.append("host memory")
+            return OnTheFly(upsampler, _to_host(x), compute_device=x.device)
         return OnTheFly(upsampler, x)
 
     def stage(self, kind, module, x):
@@ -309,5 +359,5 @@ def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats):
     stats.tiles += runner.most_tiles
     stats.tile_px = tile_latent * SCALE
     if runner.lean:
-        log.info("VAE Precision: tiled %s recomputed %s to fit memory", kind, ", ".join(sorted(set(runner.lean))))
+        log.info("VAE Precision: tiled %s fitted to memory with: %s", kind, ", ".join(sorted(set(runner.lean))))
     return result

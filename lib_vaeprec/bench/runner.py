@@ -54,6 +54,7 @@ def _ballast(device, free_gb):
     if not free_gb or device.type != "cuda":
         yield
         return
+    torch.cuda.empty_cache()      # cached blocks are fragments: one ballast block needs them returned
     spare = memory.free_bytes(device) - int(free_gb * 1e9)
     block = torch.empty(max(0, spare), dtype=torch.uint8, device=device) if spare > 0 else None
     try:

@@ -54,13 +54,15 @@ def _ballast(device, free_gb):
     if not free_gb or device.type != "cuda":
         yield
         return
-    torch.cuda.empty_cache()      # cached blocks are fragments: one ballast block needs them returned
-    spare = memory.free_bytes(device) - int(free_gb * 1e9)
-    block = torch.empty(max(0, spare), dtype=torch.uint8, device=device) if spare > 0 else None
+    # In blocks, not one: the allocator's cache is fragmented, and blocks can reuse its pieces.
+    block_bytes = 256 << 20
+    blocks = []
+    while memory.free_bytes(device) - int(free_gb * 1e9) >= block_bytes:
+        blocks.append(torch.empty(block_bytes, dtype=torch.uint8, device=device))
     try:
         yield
     finally:
-        del block
+        blocks.clear()
 
 
 def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, seed=0, progress=None,

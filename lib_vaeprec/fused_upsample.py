@@ -38,6 +38,16 @@ def upsample_conv(x, conv, kernel):
     return F.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)
 
 
+def fusable(x, conv):
+    """Whether the fused path computes what the upsampler's own forward would, here and now.
+
+    Weights on another device than x: sequential offload uploads them in the conv's own forward hooks,
+    which the fused path would skip. Another dtype, or a host conv that casts or patches: its forward
+    does more than F.conv2d."""
+    return (x.dtype == conv.weight.dtype and x.device == conv.weight.device
+            and runs_plain(conv) and not _too_large(x, conv))
+
+
 def _too_large(x, conv):
     # A sample whose output has 2^31 elements or more (256 channels at 4096²) sends conv_transpose2d
     # to torch's slow fallback kernel, where the plain conv still runs on cuDNN.
@@ -86,8 +96,8 @@ class FusedUpsamplers:
             if args or kwargs.get("output_size") is not None:
                 return eager(x, *args, **kwargs)        # an explicit output size: the plain path
             conv = upsampler.conv
-            if _too_large(x, conv) or x.dtype != conv.weight.dtype or not runs_plain(conv):
-                return eager(x, *args, **kwargs)        # the host's conv casts or patches: leave it to it
+            if not fusable(x, conv):
+                return eager(x, *args, **kwargs)
             return upsample_conv(x, conv, self._kernel(upsampler, conv.weight))
         return forward
 

@@ -120,3 +120,20 @@ def test_fused_upsampling_leaves_huge_samples_to_the_plain_path():
     conv = torch.nn.Conv2d(256, 256, 3, padding=1)
     assert fused_upsample._too_large(torch.empty(1, 256, 2048, 2048, device="meta"), conv)
     assert not fused_upsample._too_large(torch.empty(4, 256, 1024, 1024, device="meta"), conv)
+
+
+def test_fused_upsampling_only_where_the_conv_would_run_plainly_here():
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 8, 8)
+    assert fused_upsample.fusable(x, conv)
+    assert not fused_upsample.fusable(x.half(), conv)                      # the host casts in its forward
+    assert not fused_upsample.fusable(x, torch.nn.Conv2d(4, 4, 3, padding=1, device="meta"))  # weights
+    # elsewhere: sequential offload uploads them in the conv's own hooks, which the fused path skips
+
+
+def test_after_use_offload_keeps_no_fused_kernels(tiny_vae):
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="fp32", offload="after_use")).attach()
+    with torch.no_grad():
+        tiny_vae.decode(torch.randn(1, 4, 4, 4))
+    assert engine._fused._kernels == {}
+    engine.detach()

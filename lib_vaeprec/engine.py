@@ -212,10 +212,18 @@ class VaeEngine:
         _toggle(self._banded, self.options.low_memory and not compiled, self.module)
         return x
 
+    def _layers_in_use(self, device):
+        """Which of the leaner eager layers this call runs with (they set its untiled peak)."""
+        if self.options.compile and device.type == "cuda":
+            return "plain"
+        if self.options.low_memory and device.type == "cuda":
+            return "low_memory"
+        return "fused" if self.options.fused_upsample else "plain"
+
     def _run_sized(self, kind, original, x, args, kwargs, stats):
         """Untiled, tiled, or untiled with a tiled retry after running out of memory."""
         mode, tile_px = self.options.tiling, self.options.tile_size
-        planner = tiling.TilePlanner(self.module, kind, x, tile_px)
+        planner = tiling.TilePlanner(self.module, kind, x, tile_px, self._layers_in_use(x.device))
         if mode == "always" or (mode == "auto" and not planner.fits_untiled()):
             return tiling.run_tiled(kind, original, self.module, x, args, kwargs, planner.tile_latent(), stats)
         try:

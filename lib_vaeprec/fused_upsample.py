@@ -45,7 +45,7 @@ def fusable(x, conv):
     which the fused path would skip. Another dtype, or a host conv that casts or patches: its forward
     does more than F.conv2d."""
     return (x.dtype == conv.weight.dtype and x.device == conv.weight.device
-            and runs_plain(conv) and not _too_large(x, conv))
+            and runs_plain(conv) and _is_3x3_same(conv) and not _too_large(x, conv))
 
 
 def _too_large(x, conv):
@@ -54,13 +54,16 @@ def _too_large(x, conv):
     return conv.out_channels * 4 * x.shape[-2] * x.shape[-1] >= 2 ** 31
 
 
+def _is_3x3_same(conv):
+    # Checked at every call too: A1111's seamless "Tiling" option switches padding_mode to circular.
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
 def _parts(module):
-    """(conv, is_diffusers) of an upsampler that is exactly nearest-2x + 3x3 conv (pad 1), else None."""
+    """The conv of an upsampler that is nearest-2x followed by that conv, else None."""
     conv = getattr(module, "conv", None)
-    if not isinstance(conv, torch.nn.Conv2d):
-        return None
-    if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) \
-            or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
+    if not isinstance(conv, torch.nn.Conv2d) or not _is_3x3_same(conv):
         return None
     if hasattr(module, "use_conv"):               # diffusers Upsample2D
         plain = (module.use_conv and not module.use_conv_transpose and module.interpolate

@@ -25,11 +25,13 @@ from .coder_layout import call_block, decoder_layout, encoder_layout, run_mid
 log = logging.getLogger("vae_precision")
 
 SCALE = 8                 # pixels per latent pixel in the SD-family VAEs
-# Peak memory of an untiled call per latent pixel, in multiples of (full-resolution channels x 64 x
-# itemsize x batch). Measured on the SD VAE, H100 (docs/benchmarks.md): the peak is linear in pixels
-# (bf16 decode: 610 / 2434 / 9731 MiB at 512 / 1024 / 2048 px, i.e. 9.5 maps; encode 6.0; strict fp32
-# 6.0 and 5.0). The bf16 figures, rounded up, serve every dtype: fp32 is then overestimated, never under.
-PEAK_MAPS = {"decode": 10.0, "encode": 6.5}
+# Peak memory of an untiled call, in full-resolution maps (full-resolution channels x 64 x itemsize x
+# batch per latent pixel), by the options in effect. Measured on the SD VAE in bf16 on the H100
+# (docs/benchmarks.md), where the peak is linear in pixels: decode 9.5 maps as diffusers runs it, 8.0
+# with fused upsampling, 6.0 with low-memory convolutions; encode 6.0, or 5.0 with low-memory
+# convolutions. Rounded up ~6%; fp32 needs fewer maps (6.0 and 5.0), so it is overestimated, never under.
+PEAK_MAPS = {("decode", "plain"): 10.0, ("decode", "fused"): 8.5, ("decode", "low_memory"): 6.5,
+             ("encode", "plain"): 6.5, ("encode", "fused"): 6.5, ("encode", "low_memory"): 5.5}
 MIN_TILE = 8              # latent pixels (64 image pixels, the smallest tile option)
 MAPS_SHARE = 0.5          # of free memory, for the whole maps a tiled call holds at once
 
@@ -37,10 +39,12 @@ MAPS_SHARE = 0.5          # of free memory, for the whole maps a tiled call hold
 class TilePlanner:
     """Decides whether a call fits untiled, and how large a tile fits free memory."""
 
-    def __init__(self, module, kind, x, tile_px=0):
+    def __init__(self, module, kind, x, tile_px=0, layers="plain"):
+        """`layers`: "plain", "fused" (fused upsampling) or "low_memory" (banded convolutions too)."""
         self.module, self.kind, self.x, self.tile_px = module, kind, x, tile_px
         channels = _full_resolution_channels(module, kind)
-        self.bytes_per_latent_px = PEAK_MAPS[kind] * channels * SCALE * SCALE * x.element_size() * x.shape[0]
+        maps = PEAK_MAPS[(kind, layers)]
+        self.bytes_per_latent_px = maps * channels * SCALE * SCALE * x.element_size() * x.shape[0]
 
     def latent_hw(self):
         h, w = self.x.shape[-2:]
@@ -306,6 +310,10 @@ class StageRunner:
         return self.per_tile(fn, x, layout.conv_out.out_channels, halo=1)
 
 
+def _wraps_around(coder):
+    return any(isinstance(m, torch.nn.Conv2d) and m.padding_mode != "zeros" for m in coder.modules())
+
+
 def _out_channels(module):
     convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
     return convs[-1].out_channels if convs else 0
@@ -351,6 +359,10 @@ def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats):
     layout = None if coder is None else (decoder_layout if kind == "decode" else encoder_layout)(coder)
     if layout is None:
         log.warning("VAE Precision: unknown %s layout (%s); running untiled", part, type(coder).__name__)
+        return original(x, *args, **kwargs)
+    if _wraps_around(coder):
+        # A1111's seamless "Tiling" option pads convs circularly: tiles cannot reproduce that wrap.
+        log.warning("VAE Precision: the %s's convs pad circularly (seamless texture); running untiled", part)
         return original(x, *args, **kwargs)
     runner = StageRunner(_tile_elems(tile_latent), budget=MAPS_SHARE * memory.free_bytes(x.device))
     run = decode_stagewise if kind == "decode" else encode_stagewise

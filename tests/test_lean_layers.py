@@ -137,3 +137,18 @@ def test_after_use_offload_keeps_no_fused_kernels(tiny_vae):
         tiny_vae.decode(torch.randn(1, 4, 4, 4))
     assert engine._fused._kernels == {}
     engine.detach()
+
+
+def test_a_conv_switched_to_circular_padding_takes_the_plain_path(tiny_vae):
+    """A1111's seamless-texture option sets padding_mode='circular' on every conv at render time."""
+    z = torch.randn(1, 4, 5, 6)
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="fp32")).attach()
+    with torch.no_grad():
+        tiny_vae.decode(z)
+        for m in tiny_vae.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.padding_mode = "circular"
+        image = tiny_vae.decode(z).sample
+    engine.detach()
+    with torch.no_grad():
+        assert torch.allclose(image, tiny_vae.decode(z).sample, atol=1e-5)

@@ -100,33 +100,54 @@ class _Stop(Exception):
 
 class OnTheFly:
     """An upsampler's output that is never held whole: each region is computed from the (4x smaller)
-    input when it is read. Used when holding it would not fit the memory budget."""
+    input when it is read. Used when holding it would not fit the memory budget. The input is a
+    device tensor, or HostRows when even it does not fit."""
 
-    def __init__(self, upsampler, source, compute_device=None):
+    def __init__(self, upsampler, source):
         self.upsampler, self.source = upsampler, source
         n, _c, h, w = source.shape
         self.shape = (n, _out_channels(upsampler), 2 * h, 2 * w)
-        self.dtype, self.device = source.dtype, compute_device or source.device
+        self.dtype, self.device = source.dtype, source.device
 
     def region(self, r0, r1, s0, s1):
         # A 3x3 conv on the 2x map reads one upsampled pixel around each output, i.e. one source pixel.
         h, w = self.source.shape[-2:]
         a0, a1 = max(0, r0 // 2 - 1), min(h, (r1 + 1) // 2 + 1)
         b0, b1 = max(0, s0 // 2 - 1), min(w, (s1 + 1) // 2 + 1)
-        y = self.upsampler(self.source[..., a0:a1, b0:b1].to(self.device, non_blocking=True))
+        crop = self.source.crop(a0, a1, b0, b1) if isinstance(self.source, HostRows) \
+            else self.source[..., a0:a1, b0:b1]
+        y = self.upsampler(crop.contiguous())
         return y[..., r0 - 2 * a0:r1 - 2 * a0, s0 - 2 * b0:s1 - 2 * b0]
 
     def held_bytes(self):
-        return 0 if self.source.device != self.device else _bytes_of(self.source)
+        return self.source.held_bytes() if isinstance(self.source, HostRows) else _bytes_of(self.source)
 
 
-def _to_host(x):
-    """A copy in pinned host memory (for fast, asynchronous copies back); a CPU map stays as it is."""
-    if x.device.type == "cpu":
-        return x
-    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=x.is_cuda)
-    host.copy_(x)
-    return host
+class HostRows:
+    """A device map kept in pinned host memory, rows outermost, so that a band of rows is one
+    contiguous block: one fast copy per row of tiles instead of a strided gather per tile. The band
+    last fetched stays on the device (the tiles of one row share it)."""
+
+    CHUNK_ROWS = 64          # rows moved per copy, which bounds the temporary on the device
+
+    def __init__(self, x):
+        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        n, c, h, w = x.shape
+        self.rows = torch.empty((h, n, c, w), dtype=x.dtype, pin_memory=x.is_cuda)
+        for top in range(0, h, self.CHUNK_ROWS):
+            self.rows[top:top + self.CHUNK_ROWS].copy_(x[:, :, top:top + self.CHUNK_ROWS].permute(2, 0, 1, 3))
+        self._band = None        # (first row, end row, the band on the device as N, C, rows, W)
+
+    def crop(self, a0, a1, b0, b1):
+        if self._band is None or not (self._band[0] <= a0 and a1 <= self._band[1]):
+            band = self.rows[a0:a1].to(self.device, non_blocking=True).permute(1, 2, 0, 3)
+            self._band = (a0, a1, band)
+        first, _end, band = self._band
+        return band[:, :, a0 - first:a1 - first, b0:b1]
+
+    def held_bytes(self):
+        band = self._band[2] if self._band else None
+        return 0 if band is None else band.numel() * band.element_size()
 
 
 def _overwrite_lagged(x, tiles, compute):
@@ -284,7 +305,7 @@ class StageRunner:
         self.lean.append("upsampled")
         if _bytes_of(x) + next_map > self.budget:
             self.lean.append("host memory")
-            return OnTheFly(upsampler, _to_host(x), compute_device=x.device)
+            return OnTheFly(upsampler, HostRows(x))
         return OnTheFly(upsampler, x)
 
     def stage(self, kind, module, x):

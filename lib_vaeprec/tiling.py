@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from . import groupnorm_stats, memory
+from . import groupnorm_stats, lean_maps, memory
 from .forward_override import Replaced
 from .coder_layout import call_block, decoder_layout, encoder_layout, run_mid
 
@@ -98,104 +98,6 @@ class _Stop(Exception):
     """Raised inside a block once the part we need has been computed."""
 
 
-class OnTheFly:
-    """An upsampler's output that is never held whole: each region is computed from the (4x smaller)
-    input when it is read. Used when holding it would not fit the memory budget. The input is a
-    device tensor, or HostRows when even it does not fit."""
-
-    def __init__(self, upsampler, source):
-        self.upsampler, self.source = upsampler, source
-        n, _c, h, w = source.shape
-        self.shape = (n, _out_channels(upsampler), 2 * h, 2 * w)
-        self.dtype, self.device = source.dtype, source.device
-
-    def region(self, r0, r1, s0, s1):
-        # A 3x3 conv on the 2x map reads one upsampled pixel around each output, i.e. one source pixel.
-        h, w = self.source.shape[-2:]
-        a0, a1 = max(0, r0 // 2 - 1), min(h, (r1 + 1) // 2 + 1)
-        b0, b1 = max(0, s0 // 2 - 1), min(w, (s1 + 1) // 2 + 1)
-        crop = self.source.crop(a0, a1, b0, b1) if isinstance(self.source, HostRows) \
-            else self.source[..., a0:a1, b0:b1]
-        y = self.upsampler(crop.contiguous())
-        return y[..., r0 - 2 * a0:r1 - 2 * a0, s0 - 2 * b0:s1 - 2 * b0]
-
-    def held_bytes(self):
-        return self.source.held_bytes() if isinstance(self.source, HostRows) else _bytes_of(self.source)
-
-
-class HostRows:
-    """A device map kept in pinned host memory, rows outermost, so that a band of rows is one
-    contiguous block: one fast copy per row of tiles instead of a strided gather per tile. The band
-    last fetched stays on the device (the tiles of one row share it)."""
-
-    CHUNK_ROWS = 64          # rows moved per copy, which bounds the temporary on the device
-
-    def __init__(self, x):
-        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
-        n, c, h, w = x.shape
-        self.rows = torch.empty((h, n, c, w), dtype=x.dtype, pin_memory=x.is_cuda)
-        for top in range(0, h, self.CHUNK_ROWS):
-            self.rows[top:top + self.CHUNK_ROWS].copy_(x[:, :, top:top + self.CHUNK_ROWS].permute(2, 0, 1, 3))
-        self._band = None        # (first row, end row, the band on the device as N, C, rows, W)
-
-    def crop(self, a0, a1, b0, b1):
-        if self._band is None or not (self._band[0] <= a0 and a1 <= self._band[1]):
-            band = self.rows[a0:a1].to(self.device, non_blocking=True).permute(1, 2, 0, 3)
-            self._band = (a0, a1, band)
-        first, _end, band = self._band
-        return band[:, :, a0 - first:a1 - first, b0:b1]
-
-    def held_bytes(self):
-        band = self._band[2] if self._band else None
-        return 0 if band is None else band.numel() * band.element_size()
-
-
-def _overwrite_lagged(x, tiles, compute):
-    """x = compute(x) tile by tile, written into x itself. A tile's result is written only once no
-    later tile reads those pixels as its halo: after the tile diagonally below-right of it is done.
-    So the block needs x and about one row of results, not a second whole map."""
-    rows = {}
-    for tile in tiles:
-        rows.setdefault(tile[0][:2], []).append(tile)
-    pending = []                      # results of the previous row of tiles, by column
-    for row in rows.values():
-        current = []
-        for j, ((c0, c1, r0, r1), (d0, d1, s0, s1)) in enumerate(row):
-            y = compute(r0, r1, s0, s1)
-            current.append(((c0, c1, d0, d1), y[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0]))
-            if j >= 1 and pending:
-                _write(x, pending, j - 1)
-        for k in range(len(pending)):
-            _write(x, pending, k)
-        pending = current
-    for k in range(len(pending)):
-        _write(x, pending, k)
-    return x
-
-
-def _write(x, results, k):
-    if results[k] is not None:
-        (c0, c1, d0, d1), y = results[k]
-        x[..., c0:c1, d0:d1] = y
-        results[k] = None
-
-
-def _region(x, r0, r1, s0, s1):
-    return x.region(r0, r1, s0, s1) if isinstance(x, OnTheFly) else x[..., r0:r1, s0:s1]
-
-
-def _bytes_of(x):
-    if isinstance(x, OnTheFly):
-        return x.held_bytes()
-    return x.numel() * x.element_size()
-
-
-def _map_bytes(like, channels, height, width):
-    """Bytes of a map of `like`'s batch and dtype with the given channels and size."""
-    itemsize = torch.empty((), dtype=like.dtype).element_size()
-    return like.shape[0] * channels * height * width * itemsize
-
-
 class StageRunner:
     """Runs the stages of one coder over whole maps, tile by tile.
 
@@ -224,7 +126,7 @@ class StageRunner:
         """Y = fn(X) computed tile by tile; fn maps a tile to a tile `scale` times its size."""
         out = None
         for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo, align):
-            y = fn(_region(x, r0, r1, s0, s1))
+            y = fn(lean_maps.region(x, r0, r1, s0, s1))
             if out is None:
                 out = y.new_empty(y.shape[:2] + (int(x.shape[-2] * scale), int(x.shape[-1] * scale)))
             f = scale
@@ -233,7 +135,7 @@ class StageRunner:
         return out
 
     def stats_of(self, x, groups):
-        if not isinstance(x, OnTheFly):
+        if not isinstance(x, lean_maps.OnTheFly):
             return groupnorm_stats.of_map(x, groups)
         stats = groupnorm_stats.GroupStats(groups)
         for (c0, c1, _r0, _r1), (d0, d1, _s0, _s1) in self._map_tiles(x, x.shape[1], halo=0):
@@ -257,8 +159,8 @@ class StageRunner:
                     return stop.args[0]
             raise RuntimeError("resnet block never reached norm2")
 
-        map_bytes = _map_bytes(x, out_channels, *x.shape[-2:])
-        keep_h = _bytes_of(x) + 2 * map_bytes <= self.budget
+        map_bytes = lean_maps.map_bytes(x, out_channels, *x.shape[-2:])
+        keep_h = lean_maps.bytes_of(x) + 2 * map_bytes <= self.budget
         if keep_h:
             h = self.per_tile(up_to_norm2, x, out_channels, halo=1)
             stats2 = groupnorm_stats.of_map(h, block.norm2.num_groups)
@@ -266,7 +168,7 @@ class StageRunner:
             self.lean.append("conv1")
             stats2 = groupnorm_stats.GroupStats(block.norm2.num_groups)
             for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo=1):
-                stats2.add(up_to_norm2(_region(x, r0, r1, s0, s1))[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0])
+                stats2.add(up_to_norm2(lean_maps.region(x, r0, r1, s0, s1))[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0])
             h = None
         norm2 = Replaced(block.norm2, lambda t: groupnorm_stats.normalise(block.norm2, t, stats2))
 
@@ -279,12 +181,12 @@ class StageRunner:
 
         halo = 1 if h is not None else 2
         tiles = self._map_tiles(x, out_channels, halo)
-        compute = lambda r0, r1, s0, s1: whole_block(_region(x, r0, r1, s0, s1), (r0, r1, s0, s1))  # noqa: E731
-        in_place = (h is None and not isinstance(x, OnTheFly) and out_channels == x.shape[1]
-                    and _bytes_of(x) + map_bytes > self.budget)
+        compute = lambda r0, r1, s0, s1: whole_block(lean_maps.region(x, r0, r1, s0, s1), (r0, r1, s0, s1))  # noqa: E731
+        in_place = (h is None and not isinstance(x, lean_maps.OnTheFly) and out_channels == x.shape[1]
+                    and lean_maps.bytes_of(x) + map_bytes > self.budget)
         if in_place:
             self.lean.append("in place")
-            return _overwrite_lagged(x, tiles, compute)
+            return lean_maps.overwrite_lagged(x, tiles, compute)
         out = None
         for (c0, c1, r0, r1), (d0, d1, s0, s1) in tiles:
             y = compute(r0, r1, s0, s1)
@@ -298,15 +200,16 @@ class StageRunner:
         resnet's conv1 output and output. When even its input beside the next output does not fit,
         that input waits in host memory and each region is fetched from there."""
         n, _c, h, w = x.shape
-        up_bytes = _map_bytes(x, _out_channels(upsampler), 2 * h, 2 * w)
-        next_map = _map_bytes(x, next_resnet.conv1.out_channels, 2 * h, 2 * w) if next_resnet else 0
+        up_bytes = lean_maps.map_bytes(x, _out_channels(upsampler), 2 * h, 2 * w)
+        next_map = lean_maps.map_bytes(x, next_resnet.conv1.out_channels, 2 * h, 2 * w) if next_resnet else 0
         if next_resnet is None or up_bytes + 2 * next_map <= self.budget:
             return self.stage("up", upsampler, x)
         self.lean.append("upsampled")
-        if _bytes_of(x) + next_map > self.budget:
+        source = x
+        if lean_maps.bytes_of(x) + next_map > self.budget:
             self.lean.append("host memory")
-            return OnTheFly(upsampler, HostRows(x))
-        return OnTheFly(upsampler, x)
+            source = lean_maps.HostRows(x)
+        return lean_maps.OnTheFly(upsampler, source, _out_channels(upsampler))
 
     def stage(self, kind, module, x):
         if kind == "resnet":

@@ -7,7 +7,8 @@ the output conv) over whole feature maps, and each stage is computed tile by til
   whole network;
 - the mid block (where attention sees the whole image) runs on the whole latent, which is small.
 The result equals the untiled one up to float rounding. Memory is bounded by a few whole maps of one
-stage instead of every intermediate of the network at once.
+stage instead of every intermediate of the network at once; when even those do not fit half the free
+memory, the runner holds fewer (lean_maps) at the cost of recomputing.
 
 The module is still driven through its own decode/encode (`original`): only the coder's forward is
 replaced for the call, so post_quant_conv/quant_conv and whatever the host wraps around them run as usual.

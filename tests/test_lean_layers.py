@@ -85,6 +85,19 @@ def test_a_host_conv_that_casts_or_patches_is_left_to_its_own_forward():
     conv.weight_function = [lambda w: w * 2]
     assert not runs_plain(conv)
 
+    class ForgeConv(torch.nn.Conv2d):           # shaped like Forge's ForgeOperations.Conv2d
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.parameters_manual_cast = False
+
+        def forward(self, x):
+            return super().forward(x)
+
+    forge = ForgeConv(4, 4, 3, padding=1)
+    assert runs_plain(forge)
+    forge.parameters_manual_cast = True
+    assert not runs_plain(forge)
+
     class Unknown(torch.nn.Conv2d):
         def forward(self, x):
             return super().forward(x) * 2

@@ -172,3 +172,17 @@ def test_cast_tiling_and_detach_inside_inference_mode(tiny_vae):
         engine.detach()
     assert image.dtype == latent.dtype == torch.float32
     assert_same(tiny_vae, before)
+
+
+@pytest.mark.parametrize("mode,layers,fitting,can_band,route", [
+    ("always", "fused", {"fused", "low_memory"}, True, "tiled"),
+    ("off", "fused", set(), True, "untiled"),
+    ("auto", "fused", {"fused", "low_memory"}, True, "untiled"),
+    ("auto", "fused", {"low_memory"}, True, "low_memory"),
+    ("auto", "fused", {"low_memory"}, False, "tiled"),          # CPU, fp32 or compiled: no bands
+    ("auto", "fused", set(), True, "tiled"),
+    ("auto", "low_memory", set(), True, "tiled"),
+])
+def test_auto_tries_low_memory_convolutions_before_tiling(mode, layers, fitting, can_band, route):
+    from lib_vaeprec.engine import choose_route
+    assert choose_route(mode, layers, lambda with_layers: with_layers in fitting, can_band) == route

@@ -62,10 +62,11 @@ def parser():
     p.add_argument("--dtypes", help=f"comma-separated from {','.join(DTYPES)} or 'all' "
                                     "(default: fp32 and what the device runs natively)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--tiling", choices=("off", "on"), default="off", help="also run tiled variants")
+    p.add_argument("--tiling", choices=("off", "on", "auto"), default="off",
+                   help="also run tiled variants (on), or variants with tiling 'auto' as the web UI runs it")
     p.add_argument("--tile-size", type=int, default=0, help="tile size in pixels for tiled variants (0: from free memory)")
     p.add_argument("--free-gb", type=float, default=0,
-                   help="run the tiled variants with only this much GPU memory free (as on a smaller card)")
+                   help="run the --tiling variants with only this much GPU memory free (as on a smaller card)")
     p.add_argument("--offload", default="", help="also run these offload modes: " + ",".join(OFFLOAD_CHOICES))
     p.add_argument("--speed", default="", help="also run these speed options on the main dtype: "
                    + ", ".join(SPEED_FLAGS) + " (join with +, e.g. compile+channels_last)")
@@ -107,9 +108,11 @@ def variants_from(args, device):
     if not args.no_baseline:
         variants += [runner.Variant(f"diffusers {d}", d, plain=True) for d in dtypes if d in ("bf16", "fp16")]
     variants += [runner.Variant(f"vaeprec {d}", d, options=VaeOptions(dtype=d, **untiled)) for d in dtypes]
-    if args.tiling == "on":
-        variants += [runner.Variant(f"vaeprec {d} tiled", d, options=VaeOptions(
-            dtype=d, tiling="always", tile_size=args.tile_size, nan_fallback=False)) for d in dtypes]
+    if args.tiling in ("on", "auto"):
+        mode, label = ("always", "tiled") if args.tiling == "on" else ("auto", "tiling auto")
+        variants += [runner.Variant(f"vaeprec {d} {label}", d, options=VaeOptions(
+            dtype=d, tiling=mode, tile_size=args.tile_size, nan_fallback=False), limited_memory=True)
+            for d in dtypes]
     main_dtype = next((d for d in dtypes if d != "fp32"), "fp32")
     variants += [runner.Variant(f"vaeprec {main_dtype} {m}", main_dtype, options=VaeOptions(
         dtype=main_dtype, offload=m, **untiled)) for m in offloads]

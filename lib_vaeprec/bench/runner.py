@@ -17,6 +17,7 @@ class Variant:
     dtype: str                      # fp32/bf16/fp16/mixed (engine) or fp32/bf16/fp16 (plain)
     plain: bool = False             # plain diffusers: `vae.to(dtype)` and call, no VAE Precision
     options: VaeOptions = field(default_factory=VaeOptions)
+    limited_memory: bool = False    # runs with only --free-gb of device memory free
 
 
 PLAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,8 +68,8 @@ def _ballast(device, free_gb):
 
 def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, seed=0, progress=None,
         free_gb=None):
-    """One row per (size, operation, variant). `free_gb`: the tiled variants run with only that much
-    device memory left free."""
+    """One row per (size, operation, variant). `free_gb`: the --tiling variants run with only that
+    much device memory left free."""
     rows = []
     vae = vae.to(device)
     latent_channels = vae.config.latent_channels if hasattr(vae, "config") else 4
@@ -89,8 +90,7 @@ def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, se
                     ops.append(("encode", _encode, image, reference_latent))
                 for op, call, data, ref in ops:
                     data = data.to(prepared.dtype)
-                    tiled = not variant.plain and variant.options.tiling == "always"
-                    with torch.no_grad(), _ballast(device, free_gb if tiled else None):
+                    with torch.no_grad(), _ballast(device, free_gb if variant.limited_memory else None):
                         fn = lambda: call(prepared.vae, data)  # noqa: E731
                         ms, result = measure.timed_runs(fn, device, warmup, runs)
                         peak = measure.peak_extra_bytes(fn, device)

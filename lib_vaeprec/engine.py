@@ -227,7 +227,10 @@ class VaeEngine:
         layers = self._layers_in_use(x.device)
 
         def fits(with_layers):
-            return tiling.TilePlanner(self.module, kind, x, tile_px, with_layers).fits_untiled()
+            # Low-memory convolutions get more headroom: near the limit the allocator's churn made a
+            # 2048² decode with 8 GB free take 883 ms, slower than tiling (docs/benchmarks.md).
+            share = LOW_MEMORY_SHARE if with_layers == "low_memory" and layers != "low_memory" else 0.9
+            return tiling.TilePlanner(self.module, kind, x, tile_px, with_layers).fits_untiled(share)
         planner = tiling.TilePlanner(self.module, kind, x, tile_px, layers)
         route = choose_route(mode, layers, fits, can_band=_bands_help(x) and not self.options.compile)
         if route == "tiled":
@@ -296,6 +299,9 @@ def _cudnn_benchmark(on):
         yield
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+LOW_MEMORY_SHARE = 0.7    # of free memory, for the estimate of an untiled call switched to low-memory convs
 
 
 def choose_route(mode, layers, fits, can_band):

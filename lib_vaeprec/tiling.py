@@ -55,10 +55,11 @@ class TilePlanner:
         h, w = self.latent_hw()
         return self.bytes_per_latent_px * h * w
 
-    def fits_untiled(self):
+    def fits_untiled(self, share=0.9):
+        """Whether the untiled call's estimated peak is under `share` of free memory."""
         if self.x.device.type == "cpu":
             return True
-        return self.untiled_bytes() < 0.9 * memory.free_bytes(self.x.device)
+        return self.untiled_bytes() < share * memory.free_bytes(self.x.device)
 
     def tile_latent(self):
         """Tile side in latent pixels: from the option, or the largest whose stage work fits 1/4 of free memory."""

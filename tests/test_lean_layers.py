@@ -165,3 +165,11 @@ def test_a_conv_switched_to_circular_padding_takes_the_plain_path(tiny_vae):
     engine.detach()
     with torch.no_grad():
         assert torch.allclose(image, tiny_vae.decode(z).sample, atol=1e-5)
+
+
+def test_low_memory_for_one_call_leaves_nothing_behind(tiny_vae):
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="fp32")).attach()
+    with engine._low_memory_for_call(True):
+        assert any(isinstance(m, torch.nn.Conv2d) for m in _instance_forwards(tiny_vae))
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in _instance_forwards(tiny_vae))
+    engine.detach()

@@ -11,19 +11,12 @@ import weakref
 
 import torch
 
-from ..engine import VaeEngine, engine_of
+from ..engine import VaeEngine, engine_of, warn_once
 from ..options import DEFAULTS
 from .holds import ValueHold
 from .patches import Patches
 
 log = logging.getLogger("vae_precision")
-_said = set()   # messages printed once per process
-
-
-def say_once(message):
-    if message not in _said:
-        _said.add(message)
-        log.warning("VAE Precision: %s", message)
 
 
 class VaeTarget:
@@ -136,7 +129,7 @@ class HostAdapter:
         target.hold.hold(precision.dtype)
         flags = self.host_flags()
         if flags:
-            say_once(f"the VAE dtype is chosen by VAE Precision's dtype setting, not by {', '.join(flags)}; "
+            warn_once(f"the VAE dtype is chosen by VAE Precision's dtype setting, not by {', '.join(flags)}; "
                      f"set it to 'host default' to let the web UI decide")
         return engine
 

@@ -20,7 +20,8 @@ HOST_PACKAGES = ("modules", "backend", "ldm_patched", "modules_forge", "gradio",
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from lib_vaeprec.hosts import adapter as adapter_module, runtime, ui  # noqa: E402
+from lib_vaeprec import engine as engine_module  # noqa: E402
+from lib_vaeprec.hosts import runtime, ui  # noqa: E402
 
 
 def _clear_host_modules():
@@ -126,7 +127,7 @@ def host_env(name):
     saved_path = list(sys.path)
     _clear_host_modules()
     sys.path[:0] = [os.path.join(HERE, name), os.path.join(HERE, "common"), HERE]
-    adapter_module._said.clear()
+    engine_module._warned.clear()
     runtime.forget()
     env = HostEnv(name)
     try:

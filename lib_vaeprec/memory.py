@@ -9,8 +9,7 @@ def free_bytes(device):
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return free + cached
+        return free + cached_bytes(device)
     if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
         return torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()
     try:
@@ -18,6 +17,14 @@ def free_bytes(device):
         return psutil.virtual_memory().available
     except ImportError:
         return 8 << 30
+
+
+def cached_bytes(device):
+    """What torch's CUDA allocator keeps reserved but unused (0 elsewhere)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def is_out_of_memory(error):

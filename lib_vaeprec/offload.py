@@ -8,6 +8,7 @@ cpu:        on the CPU; the whole call runs there.
 """
 import torch
 
+from .casting import version_of
 from .tensor_slots import get, set_data, slots
 
 
@@ -37,7 +38,7 @@ class Offloader:
         mirror = self._mirrors.get(mirror_key)
         if tensor.device.type == "cpu":
             return
-        version = None if tensor.is_inference() else tensor._version
+        version = version_of(tensor)
         if mirror is None or mirror[1] != (tensor.dtype, version) or mirror[0].shape != tensor.shape:
             cpu = tensor.detach().to("cpu")
             if torch.cuda.is_available():

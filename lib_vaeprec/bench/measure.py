@@ -4,6 +4,8 @@ import time
 
 import torch
 
+from .. import memory
+
 
 def sync(device):
     if device.type == "cuda":
@@ -44,9 +46,7 @@ def resident_bytes(device):
 
 def cached_bytes(device):
     """What torch's allocator keeps reserved but unused: memory other programs cannot have."""
-    if device.type != "cuda":
-        return None
-    return torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return memory.cached_bytes(device) if device.type == "cuda" else None
 
 
 def device_used_bytes(device):

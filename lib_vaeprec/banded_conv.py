@@ -61,7 +61,7 @@ class BandedConvs:
     """Installs the banded forward on every Conv2d of a VAE's coders; `remove` puts back what was there."""
 
     def __init__(self):
-        self._installed = {}     # conv -> instance forward it had before (or None)
+        self._installed = forward_override.Installed()
 
     def install(self, module):
         for part in ("decoder", "encoder"):
@@ -69,13 +69,11 @@ class BandedConvs:
             if coder is None:
                 continue
             for conv in coder.modules():
-                if isinstance(conv, torch.nn.Conv2d) and conv not in self._installed:
-                    self._installed[conv] = forward_override.install(conv, _forward_of(conv, conv.forward))
+                if isinstance(conv, torch.nn.Conv2d):
+                    self._installed.set(conv, lambda eager, conv=conv: _forward_of(conv, eager))
 
     def remove(self):
-        for conv, previous in self._installed.items():
-            forward_override.restore(conv, previous)
-        self._installed.clear()
+        self._installed.restore_all()
 
 
 def _forward_of(conv, eager):

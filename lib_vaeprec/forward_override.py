@@ -26,3 +26,24 @@ class Replaced:
 
     def __exit__(self, *exc):
         restore(self.module, self.previous)
+
+
+class Installed:
+    """Forwards set on several modules for as long as an option is on; `restore_all` puts back what
+    each instance held before."""
+
+    def __init__(self):
+        self._previous = {}      # module -> the instance forward it had before (or None)
+
+    def __contains__(self, module):
+        return module in self._previous
+
+    def set(self, module, make_forward):
+        """Installs `make_forward(current forward)` once per module."""
+        if module not in self._previous:
+            self._previous[module] = install(module, make_forward(module.forward))
+
+    def restore_all(self):
+        for module, previous in self._previous.items():
+            restore(module, previous)
+        self._previous.clear()

@@ -83,7 +83,7 @@ class FusedUpsamplers:
     """
 
     def __init__(self):
-        self._installed = {}      # upsampler -> instance forward it had before (or None)
+        self._installed = forward_override.Installed()
         self._kernels = {}        # upsampler -> (weight identity, kernel)
 
     def install(self, module):
@@ -91,9 +91,8 @@ class FusedUpsamplers:
         if decoder is None:
             return
         for sub in decoder.modules():
-            if sub in self._installed or _parts(sub) is None:
-                continue
-            self._installed[sub] = forward_override.install(sub, self._forward_of(sub, sub.forward))
+            if _parts(sub) is not None:
+                self._installed.set(sub, lambda eager, sub=sub: self._forward_of(sub, eager))
 
     def _forward_of(self, upsampler, eager):
         def forward(x, *args, **kwargs):
@@ -119,7 +118,5 @@ class FusedUpsamplers:
         self._kernels.clear()
 
     def remove(self):
-        for upsampler, previous in self._installed.items():
-            forward_override.restore(upsampler, previous)
-        self._installed.clear()
+        self._installed.restore_all()
         self._kernels.clear()

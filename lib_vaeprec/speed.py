@@ -25,15 +25,14 @@ class CompiledCoders:
     """Installs compiled forwards on a VAE's encoder and decoder; `remove` puts the eager ones back."""
 
     def __init__(self):
-        self._installed = {}     # coder -> the instance forward it had before (or None)
+        self._installed = forward_override.Installed()
 
     def install(self, module):
         for part in ("decoder", "encoder"):
             coder = getattr(module, part, None)
-            if coder is None or coder in self._installed or _compiled.get(type(coder), True) is None:
+            if coder is None or _compiled.get(type(coder), True) is None:
                 continue
-            self._installed[coder] = forward_override.install(
-                coder, functools.partial(self._run, coder, coder.forward))
+            self._installed.set(coder, lambda eager, coder=coder: functools.partial(self._run, coder, eager))
 
     @staticmethod
     def _run(coder, eager, *args, **kwargs):
@@ -50,9 +49,7 @@ class CompiledCoders:
             return eager(*args, **kwargs)
 
     def remove(self):
-        for coder, previous in self._installed.items():
-            forward_override.restore(coder, previous)
-        self._installed.clear()
+        self._installed.restore_all()
 
 
 def to_memory_format(module, channels_last):

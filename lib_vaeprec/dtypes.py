@@ -15,3 +15,11 @@ def name_of(dtype):
 
 def is_float(tensor):
     return isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+
+
+def of_module(module, default):
+    """The dtype of a module's first floating-point parameter (`default` if it has none)."""
+    for tensor in module.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return default

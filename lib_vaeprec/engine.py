@@ -140,10 +140,7 @@ class VaeEngine:
         return policy.resolve(self.options.dtype, caps_of(device), self.fp16_safe)
 
     def _host_dtype(self):
-        for tensor in self.module.parameters():
-            if tensor.is_floating_point():
-                return tensor.dtype
-        return torch.float32
+        return dtypes.of_module(self.module, torch.float32)
 
     def _prepare_weights(self, precision):
         if precision is None:

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from . import groupnorm_stats, lean_maps, memory
+from . import dtypes, groupnorm_stats, lean_maps, memory
 from .forward_override import Replaced
 from .coder_layout import call_block, decoder_layout, encoder_layout, run_mid
 
@@ -253,7 +253,7 @@ def _tile_elems(tile_latent):
 def decode_stagewise(layout, z, runner):
     h = runner.stage("conv", layout.head[0][1], z)
     h = run_mid(layout.mid, h)
-    h = h.to(_dtype_of(layout.body[0][1]) if layout.body else h.dtype)
+    h = h.to(dtypes.of_module(layout.body[0][1], h.dtype) if layout.body else h.dtype)
     body = layout.body
     for i, (kind, module) in enumerate(body):
         if kind == "up":
@@ -270,12 +270,6 @@ def encode_stagewise(layout, x, runner):
         h = runner.stage(kind, module, h)
     h = run_mid(layout.mid, h)
     return runner.output(layout, h)
-
-
-def _dtype_of(module):
-    for p in module.parameters():
-        return p.dtype
-    return None
 
 
 def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats):

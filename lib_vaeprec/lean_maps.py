@@ -30,7 +30,7 @@ class OnTheFly:
         return y[..., r0 - 2 * a0:r1 - 2 * a0, s0 - 2 * b0:s1 - 2 * b0]
 
     def held_bytes(self):
-        return self.source.held_bytes() if isinstance(self.source, HostRows) else bytes_of(self.source)
+        return bytes_of(self.source)
 
 
 class HostRows:
@@ -95,9 +95,9 @@ def region(x, r0, r1, s0, s1):
 
 
 def bytes_of(x):
-    if isinstance(x, OnTheFly):
-        return x.held_bytes()
-    return x.numel() * x.element_size()
+    """Device bytes a map holds: a tensor's own, or what an OnTheFly/HostRows keeps on the device."""
+    held = getattr(x, "held_bytes", None)
+    return held() if held is not None else x.numel() * x.element_size()
 
 
 def map_bytes(like, channels, height, width):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import forward_override
-from .plain_conv import runs_plain
+from .plain_layers import runs_plain
 
 BAND_BYTES = 64 << 20         # input + output bytes of one band at most (about its cuDNN workspace)
 MIN_BANDED_BYTES = 32 << 20   # smaller convs run whole

@@ -15,6 +15,7 @@ from .casting import WeightCast, fp32_module_names, NORM_TYPES
 from .device_caps import caps_of
 from .offload import Offloader
 from .banded_conv import BandedConvs
+from .fast_groupnorm import FastGroupNorms
 from .fused_upsample import FusedUpsamplers
 from .speed import CompiledCoders, to_memory_format
 from .options import VaeOptions
@@ -72,6 +73,7 @@ class VaeEngine:
         self._mixed = _MixedHooks()
         self._compiled = CompiledCoders()
         self._fused = FusedUpsamplers()
+        self._fast_norms = FastGroupNorms()
         self._banded = BandedConvs()
         self._fp32_names = None             # submodules the mixed policy keeps in fp32 (found once)
         self._shadowed = {}                 # method name -> what the instance dict held before (or None)
@@ -124,6 +126,7 @@ class VaeEngine:
         self._mixed.remove()
         self._compiled.remove()
         self._fused.remove()
+        self._fast_norms.remove()
         self._banded.remove()
         to_memory_format(self.module, channels_last=False)
         self.offloader.return_home(self.module)
@@ -206,6 +209,7 @@ class VaeEngine:
         # Under torch.compile the compiler's own code for these layers measured faster: eager only.
         _toggle(self._compiled, compiled, self.module)
         _toggle(self._fused, self.options.fused_upsample and not compiled, self.module)
+        _toggle(self._fast_norms, self.options.fast_groupnorm and not compiled, self.module)
         _toggle(self._banded, self.options.low_memory and not compiled, self.module)
         return x
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import forward_override
 from .casting import version_of
-from .plain_conv import runs_plain
+from .plain_layers import runs_plain
 
 # TAPS[k, i] = 1 where tap i of the 3x3 kernel contributes to tap k of the 4x4 transposed kernel.
 _TAPS = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.float32)

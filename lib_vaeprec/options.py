@@ -31,6 +31,7 @@ class VaeOptions:
     compile: bool = False       # torch.compile the encoder/decoder (CUDA; first call compiles)
     channels_last: bool = False # channels_last memory format for weights and inputs
     fused_upsample: bool = True # upsample + conv as one transposed conv (eager runs)
+    fast_groupnorm: bool = True # GroupNorm from per-channel reductions + one pass (eager CUDA runs)
     low_memory: bool = False    # 16-bit convs in row bands: less cuDNN workspace, a little slower
     cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape during VAE calls
 
@@ -86,7 +87,7 @@ def _tile_size(value):
 PARSERS = {
     "enabled": _bool, "dtype": _choice(DTYPE_CHOICES), "nan_fallback": _bool, "tiling": _choice(TILING_CHOICES),
     "tile_size": _tile_size, "offload": _offload, "free_memory": _bool, "write_stats": _bool,
-    "compile": _bool, "channels_last": _bool, "fused_upsample": _bool, "low_memory": _bool,
+    "compile": _bool, "channels_last": _bool, "fused_upsample": _bool, "fast_groupnorm": _bool, "low_memory": _bool,
     "cudnn_benchmark": _bool,
 }
 

@@ -46,9 +46,11 @@ def default_dtypes(device):
     return chosen
 
 
-# --speed names -> the options each sets (fused_upsample is on by default, so its variant turns it off)
+# --speed names -> the options each sets (fused_upsample and fast_groupnorm are on by default, so their
+# variants turn them off)
 SPEED_FLAGS = {"compile": {"compile": True}, "channels_last": {"channels_last": True},
                "low_memory": {"low_memory": True}, "unfused": {"fused_upsample": False},
+               "native_groupnorm": {"fast_groupnorm": False},
                "free_memory": {"free_memory": True}}
 
 

@@ -1,9 +1,10 @@
 """Seamless tiled decode and encode for SD-family VAEs (4 or 16 latent channels), any size, any batch.
 
 The coder (decoder or encoder) runs stage by stage (conv_in, each resnet block, each up/downsampler,
-the output conv) over whole feature maps, and each stage is computed tile by tile. So:
+the output conv) over whole feature maps, and each stage is computed piece by piece: full-width bands
+of rows, each holding as many elements as a square tile of the chosen tile size would. So:
 - every GroupNorm normalises with the statistics of the whole map (groupnorm_stats), not the tile's;
-- each tile carries only the halo its own stage needs (1-2 pixels), not the receptive field of the
+- each band carries only the halo rows its own stage needs (1-2), not the receptive field of the
   whole network;
 - the mid block (where attention sees the whole image) runs on the whole latent, which is small.
 The result equals the untiled one up to float rounding. Memory is bounded by a few whole maps of one
@@ -34,6 +35,7 @@ SCALE = 8                 # pixels per latent pixel in the SD-family VAEs
 PEAK_MAPS = {("decode", "plain"): 10.0, ("decode", "fused"): 8.5, ("decode", "low_memory"): 6.5,
              ("encode", "plain"): 6.5, ("encode", "fused"): 6.5, ("encode", "low_memory"): 5.5}
 MIN_TILE = 8              # latent pixels (64 image pixels, the smallest tile option)
+MIN_BAND_ROWS = 16        # below this a band's 1-2 halo rows on each side cost too much recomputing
 MAPS_SHARE = 0.5          # of free memory, for the whole maps a tiled call holds at once
 
 
@@ -90,12 +92,6 @@ def _spans(length, tile, halo, align=1):
     return [(a, b, max(0, a - halo), min(length, b + halo)) for a, b in zip(edges, edges[1:]) if b > a]
 
 
-def _tiles(height, width, tile, halo, align=1):
-    for ys in _spans(height, tile, halo, align):
-        for xs in _spans(width, tile, halo, align):
-            yield ys, xs
-
-
 class _Stop(Exception):
     """Raised inside a block once the part we need has been computed."""
 
@@ -115,12 +111,16 @@ class StageRunner:
         self.most_tiles = 0              # tiles of the most finely tiled stage (the full-resolution one)
         self.lean = []                   # what the budget made us recompute ("conv1", "upsampled")
 
-    def tile_side(self, channels):
-        return max(16, int(math.sqrt(self.tile_elems / max(1, channels))))
+    def band_rows(self, channels, width):
+        """Rows of one band: a band holds as many elements as one square tile would."""
+        return max(MIN_BAND_ROWS, self.tile_elems // max(1, channels * width))
 
     def _map_tiles(self, x, out_channels, halo, align=1):
-        side = self.tile_side(max(x.shape[1], out_channels))
-        tiles = list(_tiles(x.shape[-2], x.shape[-1], side, halo, align))
+        """Full-width bands of rows: no halo at the sides, fewer pieces (each costs launches on the
+        CPU), and a band is the unit HostRows fetches and overwrite_lagged trails by."""
+        height, width = x.shape[-2:]
+        rows = self.band_rows(max(x.shape[1], out_channels), width)
+        tiles = [(ys, (0, width, 0, width)) for ys in _spans(height, rows, halo, align)]
         self.most_tiles = max(self.most_tiles, len(tiles))
         return tiles
 

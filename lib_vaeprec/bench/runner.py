@@ -55,7 +55,9 @@ def _ballast(device, free_gb):
     if not free_gb or device.type != "cuda":
         yield
         return
-    # In blocks, not one: the allocator's cache is fragmented, and blocks can reuse its pieces.
+    # The cache emptied first: free memory counts the allocator's cached blocks, and after earlier runs
+    # those are fragments that a whole map cannot use. In blocks, not one, for the same reason.
+    memory.release_cached(device)
     block_bytes = 256 << 20
     blocks = []
     while memory.free_bytes(device) - int(free_gb * 1e9) >= block_bytes:

@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from . import dtypes, guard, memory, outputs, policy, tiling
+from . import dtypes, fast_groupnorm, guard, memory, outputs, policy, tiling
 from .casting import WeightCast, fp32_module_names, NORM_TYPES
 from .device_caps import caps_of
 from .offload import Offloader
@@ -219,7 +219,9 @@ class VaeEngine:
             return "plain"
         if self.options.low_memory and device.type == "cuda":
             return "low_memory"
-        return "fused" if self.options.fused_upsample else "plain"
+        if not self.options.fused_upsample:
+            return "plain"
+        return "fast" if self.options.fast_groupnorm and device.type in fast_groupnorm.DEVICE_TYPES else "fused"
 
     def _run_sized(self, kind, original, x, args, kwargs, stats):
         """Untiled, untiled with low-memory convolutions, tiled, or untiled with a tiled retry after
@@ -235,7 +237,7 @@ class VaeEngine:
         planner = tiling.TilePlanner(self.module, kind, x, tile_px, layers)
         route = choose_route(mode, layers, fits, can_band=_bands_help(x) and not self.options.compile)
         if route == "tiled":
-            return tiling.run_tiled(kind, original, self.module, x, args, kwargs, planner.tile_latent(), stats)
+            return self._run_tiled(kind, original, x, args, kwargs, planner.tile_latent(), stats)
         try:
             with self._low_memory_for_call(route == "low_memory"):
                 return original(x, *args, **kwargs)
@@ -246,7 +248,22 @@ class VaeEngine:
         memory.release_cached(x.device)
         log.warning("VAE Precision: %s ran out of memory untiled; redoing it tiled", kind)
         stats.tiled_after_oom = True
-        return tiling.run_tiled(kind, original, self.module, x, args, kwargs, planner.tile_latent(), stats)
+        return self._run_tiled(kind, original, x, args, kwargs, planner.tile_latent(), stats)
+
+    def _run_tiled(self, kind, original, x, args, kwargs, tile_latent, stats):
+        """Tiled; if even that runs out of memory (free memory is partly the allocator's cache, which
+        can be too fragmented for a whole map), once more with the cache emptied, half the tile and
+        the fewest whole maps held."""
+        try:
+            return tiling.run_tiled(kind, original, self.module, x, args, kwargs, tile_latent, stats)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
+            if not memory.is_out_of_memory(error):
+                raise
+        memory.release_cached(x.device)
+        smaller = max(tiling.MIN_TILE, tile_latent // 2)
+        log.warning("VAE Precision: tiled %s ran out of memory with %d px tiles; redoing it with %d px tiles "
+                    "and the least memory", kind, tile_latent * tiling.SCALE, smaller * tiling.SCALE)
+        return tiling.run_tiled(kind, original, self.module, x, args, kwargs, smaller, stats, maps_share=0.0)
 
     @contextlib.contextmanager
     def _low_memory_for_call(self, on):

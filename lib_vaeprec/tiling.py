@@ -28,12 +28,14 @@ log = logging.getLogger("vae_precision")
 
 SCALE = 8                 # pixels per latent pixel in the SD-family VAEs
 # Peak memory of an untiled call, in full-resolution maps (full-resolution channels x 64 x itemsize x
-# batch per latent pixel), by the options in effect. Measured on the SD VAE in bf16 on the H100
+# batch per latent pixel), by the layers in effect. Measured on the SD VAE in bf16 on the H100
 # (docs/benchmarks.md), where the peak is linear in pixels: decode 9.5 maps as diffusers runs it, 8.0
-# with fused upsampling, 6.0 with low-memory convolutions; encode 6.0, or 5.0 with low-memory
-# convolutions. Rounded up ~6%; fp32 needs fewer maps (6.0 and 5.0), so it is overestimated, never under.
-PEAK_MAPS = {("decode", "plain"): 10.0, ("decode", "fused"): 8.5, ("decode", "low_memory"): 6.5,
-             ("encode", "plain"): 6.5, ("encode", "fused"): 6.5, ("encode", "low_memory"): 5.5}
+# with fused upsampling, 6.0 with fused upsampling and fast GroupNorm ("fast", the default), 6.0 with
+# low-memory convolutions; encode 6.0, or 5.0 with low-memory convolutions. Rounded up ~6%; fp32 needs
+# fewer maps (6.0 and 5.0), so it is overestimated, never under.
+PEAK_MAPS = {("decode", "plain"): 10.0, ("decode", "fused"): 8.5, ("decode", "fast"): 6.5,
+             ("decode", "low_memory"): 6.5, ("encode", "plain"): 6.5, ("encode", "fused"): 6.5,
+             ("encode", "fast"): 6.5, ("encode", "low_memory"): 5.5}
 MIN_TILE = 8              # latent pixels (64 image pixels, the smallest tile option)
 MIN_BAND_ROWS = 16        # below this a band's 1-2 halo rows on each side cost too much recomputing
 MAPS_SHARE = 0.5          # of free memory, for the whole maps a tiled call holds at once
@@ -43,7 +45,8 @@ class TilePlanner:
     """Decides whether a call fits untiled, and how large a tile fits free memory."""
 
     def __init__(self, module, kind, x, tile_px=0, layers="plain"):
-        """`layers`: "plain", "fused" (fused upsampling) or "low_memory" (banded convolutions too)."""
+        """`layers`: "plain", "fused" (fused upsampling), "fast" (and fast GroupNorm) or "low_memory"
+        (banded convolutions too)."""
         self.module, self.kind, self.x, self.tile_px = module, kind, x, tile_px
         channels = _full_resolution_channels(module, kind)
         maps = PEAK_MAPS[(kind, layers)]
@@ -272,8 +275,9 @@ def encode_stagewise(layout, x, runner):
     return runner.output(layout, h)
 
 
-def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats):
-    """`original(x, *args, **kwargs)` with the coder's forward replaced by its stage-wise tiled run."""
+def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats, maps_share=MAPS_SHARE):
+    """`original(x, *args, **kwargs)` with the coder's forward replaced by its stage-wise tiled run.
+    `maps_share`: of free memory, for the whole maps held at once (0: as few as the runner can)."""
     part = "decoder" if kind == "decode" else "encoder"
     coder = getattr(module, part, None)
     layout = None if coder is None else (decoder_layout if kind == "decode" else encoder_layout)(coder)
@@ -284,7 +288,7 @@ def run_tiled(kind, original, module, x, args, kwargs, tile_latent, stats):
         # A1111's seamless "Tiling" option pads convs circularly: tiles cannot reproduce that wrap.
         log.warning("VAE Precision: the %s's convs pad circularly (seamless texture); running untiled", part)
         return original(x, *args, **kwargs)
-    runner = StageRunner(_tile_elems(tile_latent), budget=MAPS_SHARE * memory.free_bytes(x.device))
+    runner = StageRunner(_tile_elems(tile_latent), budget=maps_share * memory.free_bytes(x.device))
     run = decode_stagewise if kind == "decode" else encode_stagewise
     with Replaced(coder, lambda h, *a, **k: run(layout, h, runner)):
         result = original(x, *args, **kwargs)

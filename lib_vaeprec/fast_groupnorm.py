@@ -12,10 +12,14 @@ from .groupnorm_stats import group_norm
 from .plain_layers import runs_plain
 
 DEVICE_TYPES = ("cuda",)
+# Below this many elements per (sample, group) torch's kernel is as fast or faster (H100: 0.19 ms
+# against 0.27 at 2^18, 0.48 against 0.27 at 2^19; docs/benchmarks.md): the small latent-side maps.
+MIN_GROUP_ELEMENTS = 2 ** 18
 
 
 def applies(norm, x):
     return (x.device.type in DEVICE_TYPES and x.dim() >= 3 and x.shape[0] > 0
+            and x[0].numel() // norm.num_groups > MIN_GROUP_ELEMENTS
             and runs_plain(norm, torch.nn.GroupNorm)
             and (not norm.affine or norm.weight.device == x.device))
 

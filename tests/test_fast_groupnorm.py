@@ -63,6 +63,8 @@ def test_applies_only_to_plain_groupnorms_on_its_devices(monkeypatch):
     x = torch.randn(1, 64, 4, 4)
     assert not fast_groupnorm.applies(norm, x)                 # CPU: torch's kernel is fine there
     monkeypatch.setattr(fast_groupnorm, "DEVICE_TYPES", ("cpu",))
+    assert not fast_groupnorm.applies(norm, x)                 # small maps: torch's kernel is as fast
+    monkeypatch.setattr(fast_groupnorm, "MIN_GROUP_ELEMENTS", 0)
     assert fast_groupnorm.applies(norm, x)
     assert not fast_groupnorm.applies(norm, torch.randn(1, 64))          # (N, C): no pixels to reduce
 
@@ -76,6 +78,7 @@ def test_applies_only_to_plain_groupnorms_on_its_devices(monkeypatch):
 
 def test_engine_decodes_the_same_image_with_fast_groupnorm_and_detaches_cleanly(tiny_vae, monkeypatch):
     monkeypatch.setattr(fast_groupnorm, "DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(fast_groupnorm, "MIN_GROUP_ELEMENTS", 0)
     z = torch.randn(2, 4, 6, 5)
     with torch.no_grad():
         reference = tiny_vae.decode(z).sample

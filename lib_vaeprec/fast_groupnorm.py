@@ -2,7 +2,7 @@
 normalising pass, instead of torch's CUDA kernel that gathers each group with one thread block.
 
 Same results up to float rounding; on an H100 it roughly halves an eager SD decode at 2048²
-(docs/benchmarks.md). CUDA only (where that kernel is slow), eager runs only (torch.compile writes its
+(docs/benchmarks.md), with the maps kept channels_last from the first GroupNorm on (see _channels_last). CUDA only (where that kernel is slow), eager runs only (torch.compile writes its
 own fused GroupNorm), and only where the host's GroupNorm computes nothing more than torch's (plain_layers).
 """
 import torch
@@ -41,5 +41,24 @@ class FastGroupNorms:
 
 def _forward_of(norm, eager):
     def forward(x):
-        return group_norm(norm, x) if applies(norm, x) else eager(x)
+        if x.device.type not in DEVICE_TYPES:
+            return eager(x)                        # exactly the host's own GroupNorm elsewhere
+        if applies(norm, x):
+            return group_norm(norm, _channels_last(x))
+        return _same_layout(eager(x), x)
     return forward
+
+
+def _channels_last(x):
+    """4-D maps go channels_last (one copy, at the first GroupNorm only): batch_norm keeps that layout,
+    cuDNN's convs take and return it without their NCHW<->NHWC transposes and the workspace those
+    need, so the whole chain of resnets stays in it (measured faster and leaner, docs/benchmarks.md)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def _same_layout(y, x):
+    """torch's GroupNorm returns contiguous maps; a small map keeps the channels_last chain going."""
+    if x.dim() == 4 and y.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last):
+        return y.contiguous(memory_format=torch.channels_last)
+    return y

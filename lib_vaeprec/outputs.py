@@ -55,8 +55,12 @@ def with_tensor(template, tensor):
 
 
 def to_float32(value):
+    """The result as the host expects it: float32, in the standard (contiguous) layout, whatever layout
+    the VAE's last layers produced (fast GroupNorm keeps maps channels_last)."""
     tensor = main_tensor(value)
-    return value if tensor.dtype == torch.float32 else with_tensor(value, tensor.float())
+    if tensor.dtype == torch.float32 and tensor.is_contiguous():
+        return value
+    return with_tensor(value, tensor.to(torch.float32, memory_format=torch.contiguous_format))
 
 
 def replace_samples(value, index, replacement):

@@ -76,6 +76,26 @@ def test_applies_only_to_plain_groupnorms_on_its_devices(monkeypatch):
     assert not fast_groupnorm.applies(Casting(32, 64), x)
 
 
+def test_installed_groupnorm_keeps_maps_channels_last(monkeypatch):
+    """channels_last from the first fast GroupNorm on, and kept by the small maps torch's kernel runs."""
+    monkeypatch.setattr(fast_groupnorm, "DEVICE_TYPES", ("cpu",))
+    norm = _norm()
+    x = torch.randn(1, 64, 8, 8)
+    reference = norm(x)
+    installed = fast_groupnorm.FastGroupNorms()
+    installed.install(torch.nn.Sequential(norm))
+    try:
+        monkeypatch.setattr(fast_groupnorm, "MIN_GROUP_ELEMENTS", 0)
+        fast = norm(x)
+        assert fast.is_contiguous(memory_format=torch.channels_last) and torch.allclose(fast, reference, atol=1e-5)
+        monkeypatch.setattr(fast_groupnorm, "MIN_GROUP_ELEMENTS", 2 ** 18)
+        assert norm(x.contiguous(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
+        assert norm(x).is_contiguous()
+    finally:
+        installed.remove()
+    assert "forward" not in norm.__dict__
+
+
 def test_engine_decodes_the_same_image_with_fast_groupnorm_and_detaches_cleanly(tiny_vae, monkeypatch):
     monkeypatch.setattr(fast_groupnorm, "DEVICE_TYPES", ("cpu",))
     monkeypatch.setattr(fast_groupnorm, "MIN_GROUP_ELEMENTS", 0)
@@ -92,7 +112,7 @@ def test_engine_decodes_the_same_image_with_fast_groupnorm_and_detaches_cleanly(
         image = tiny_vae.decode(z).sample
         encoded = tiny_vae.encode(reference).latent_dist.mean
     assert len(set(calls)) == sum(isinstance(m, torch.nn.GroupNorm) for m in tiny_vae.modules())
-    assert torch.allclose(image, reference, atol=1e-5)
+    assert torch.allclose(image, reference, atol=1e-5) and image.is_contiguous()    # the host's layout
     assert torch.allclose(encoded, latent, atol=1e-5)
     engine.set_options(VaeOptions(dtype="fp32", fused_upsample=False, fast_groupnorm=False))
     with torch.no_grad():

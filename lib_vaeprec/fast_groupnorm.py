@@ -2,7 +2,8 @@
 normalising pass, instead of torch's CUDA kernel that gathers each group with one thread block.
 
 Same results up to float rounding; on an H100 it roughly halves an eager SD decode at 2048²
-(docs/benchmarks.md), with the maps kept channels_last from the first GroupNorm on (see _channels_last). CUDA only (where that kernel is slow), eager runs only (torch.compile writes its
+(docs/benchmarks.md), with the decoder's maps kept channels_last from its first GroupNorm on (see
+_channels_last). CUDA only (where that kernel is slow), eager runs only (torch.compile writes its
 own fused GroupNorm), and only where the host's GroupNorm computes nothing more than torch's (plain_layers).
 """
 import torch
@@ -31,20 +32,24 @@ class FastGroupNorms:
         self._installed = forward_override.Installed()
 
     def install(self, module):
+        decoder = getattr(module, "decoder", None)
+        in_decoder = set(decoder.modules()) if decoder is not None else set()
         for sub in module.modules():
             if isinstance(sub, torch.nn.GroupNorm):
-                self._installed.set(sub, lambda eager, norm=sub: _forward_of(norm, eager))
+                # channels_last measured faster in the decoder only: the encoder's padded stride-2
+                # downsamplers break the chain and each level paid the copy again (docs/benchmarks.md).
+                self._installed.set(sub, lambda eager, norm=sub: _forward_of(norm, eager, norm in in_decoder))
 
     def remove(self):
         self._installed.restore_all()
 
 
-def _forward_of(norm, eager):
+def _forward_of(norm, eager, channels_last):
     def forward(x):
         if x.device.type not in DEVICE_TYPES:
             return eager(x)                        # exactly the host's own GroupNorm elsewhere
         if applies(norm, x):
-            return group_norm(norm, _channels_last(x))
+            return group_norm(norm, _channels_last(x) if channels_last else x)
         return _same_layout(eager(x), x)
     return forward
 

@@ -83,7 +83,9 @@ def test_installed_groupnorm_keeps_maps_channels_last(monkeypatch):
     x = torch.randn(1, 64, 8, 8)
     reference = norm(x)
     installed = fast_groupnorm.FastGroupNorms()
-    installed.install(torch.nn.Sequential(norm))
+    vae = torch.nn.Module()
+    vae.decoder = torch.nn.Sequential(norm)
+    installed.install(vae)
     try:
         monkeypatch.setattr(fast_groupnorm, "MIN_GROUP_ELEMENTS", 0)
         fast = norm(x)
@@ -94,6 +96,20 @@ def test_installed_groupnorm_keeps_maps_channels_last(monkeypatch):
     finally:
         installed.remove()
     assert "forward" not in norm.__dict__
+
+
+def test_encoder_groupnorms_keep_the_layout_they_get(monkeypatch):
+    monkeypatch.setattr(fast_groupnorm, "DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(fast_groupnorm, "MIN_GROUP_ELEMENTS", 0)
+    norm = _norm()
+    vae = torch.nn.Module()
+    vae.encoder = torch.nn.Sequential(norm)
+    installed = fast_groupnorm.FastGroupNorms()
+    installed.install(vae)
+    try:
+        assert norm(torch.randn(1, 64, 8, 8)).is_contiguous()
+    finally:
+        installed.remove()
 
 
 def test_engine_decodes_the_same_image_with_fast_groupnorm_and_detaches_cleanly(tiny_vae, monkeypatch):

@@ -232,7 +232,8 @@ class VaeEngine:
         def fits(with_layers):
             # Low-memory convolutions get more headroom: near the limit the allocator's churn made a
             # 2048² decode with 8 GB free take 883 ms, slower than tiling (docs/benchmarks.md).
-            share = LOW_MEMORY_SHARE if with_layers == "low_memory" and layers != "low_memory" else 0.9
+            share = LOW_MEMORY_SHARE if with_layers == "low_memory" and layers != "low_memory" \
+                else tiling.UNTILED_SHARE
             return tiling.TilePlanner(self.module, kind, x, tile_px, with_layers).fits_untiled(share)
         planner = tiling.TilePlanner(self.module, kind, x, tile_px, layers)
         route = choose_route(mode, layers, fits, can_band=_bands_help(x) and not self.options.compile)

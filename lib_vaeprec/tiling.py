@@ -38,6 +38,9 @@ PEAK_MAPS = {("decode", "plain"): 10.0, ("decode", "fused"): 8.5, ("decode", "fa
              ("encode", "fast"): 6.5, ("encode", "low_memory"): 5.5}
 MIN_TILE = 8              # latent pixels (64 image pixels, the smallest tile option)
 MIN_BAND_ROWS = 16        # below this a band's 1-2 halo rows on each side cost too much recomputing
+# Of free memory, for an untiled call's estimated peak. The margin is for the allocator's fragmentation:
+# with 8 GB free, a 2048² decode that peaks at 6.0 GiB ran out of memory on an H100 (docs/benchmarks.md).
+UNTILED_SHARE = 0.75
 MAPS_SHARE = 0.5          # of free memory, for the whole maps a tiled call holds at once
 
 
@@ -60,7 +63,7 @@ class TilePlanner:
         h, w = self.latent_hw()
         return self.bytes_per_latent_px * h * w
 
-    def fits_untiled(self, share=0.9):
+    def fits_untiled(self, share=UNTILED_SHARE):
         """Whether the untiled call's estimated peak is under `share` of free memory."""
         if self.x.device.type == "cpu":
             return True

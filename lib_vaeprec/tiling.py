@@ -136,7 +136,7 @@ class StageRunner:
         for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo, align):
             y = fn(lean_maps.region(x, r0, r1, s0, s1))
             if out is None:
-                out = y.new_empty(y.shape[:2] + (int(x.shape[-2] * scale), int(x.shape[-1] * scale)))
+                out = _empty_like_layout(y, y.shape[:2] + (int(x.shape[-2] * scale), int(x.shape[-1] * scale)))
             f = scale
             out[..., int(c0 * f):int(c1 * f), int(d0 * f):int(d1 * f)] = \
                 y[..., int((c0 - r0) * f):int((c1 - r0) * f), int((d0 - s0) * f):int((d1 - s0) * f)]
@@ -199,7 +199,7 @@ class StageRunner:
         for (c0, c1, r0, r1), (d0, d1, s0, s1) in tiles:
             y = compute(r0, r1, s0, s1)
             if out is None:
-                out = y.new_empty(y.shape[:2] + tuple(x.shape[-2:]))
+                out = _empty_like_layout(y, y.shape[:2] + tuple(x.shape[-2:]))
             out[..., c0:c1, d0:d1] = y[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0]
         return out
 
@@ -242,6 +242,27 @@ class StageRunner:
         return self.per_tile(fn, x, layout.conv_out.out_channels, halo=1)
 
 
+def _empty_like_layout(tile, shape):
+    """A whole map for the tiles' results, in their memory layout (channels_last stays channels_last)."""
+    layout = torch.channels_last if _is_channels_last(tile) else torch.contiguous_format
+    return torch.empty(shape, dtype=tile.dtype, device=tile.device, memory_format=layout)
+
+
+def _is_channels_last(x):
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+# Where the decoder's body runs channels_last: 16-bit maps on CUDA, where cuDNN's convs then skip their
+# layout transposes (as fast_groupnorm does untiled; docs/benchmarks.md).
+CHANNELS_LAST_DEVICES = ("cuda",)
+
+
+def _body_layout(h):
+    if h.device.type in CHANNELS_LAST_DEVICES and h.dtype in (torch.float16, torch.bfloat16) and h.dim() == 4:
+        return h.contiguous(memory_format=torch.channels_last)
+    return h
+
+
 def _wraps_around(coder):
     return any(isinstance(m, torch.nn.Conv2d) and m.padding_mode != "zeros" for m in coder.modules())
 
@@ -259,7 +280,7 @@ def _tile_elems(tile_latent):
 def decode_stagewise(layout, z, runner):
     h = runner.stage("conv", layout.head[0][1], z)
     h = run_mid(layout.mid, h)
-    h = h.to(dtypes.of_module(layout.body[0][1], h.dtype) if layout.body else h.dtype)
+    h = _body_layout(h.to(dtypes.of_module(layout.body[0][1], h.dtype) if layout.body else h.dtype))
     body = layout.body
     for i, (kind, module) in enumerate(body):
         if kind == "up":

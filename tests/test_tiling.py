@@ -247,3 +247,22 @@ def test_circular_padding_runs_untiled(vae, caplog):
             m.padding_mode = "zeros"
     assert stats.tiles == 0 and torch.equal(out.sample, reference)
     assert "pad circularly" in caplog.text
+
+
+def test_channels_last_body_equals_untiled(monkeypatch):
+    """On CUDA a 16-bit decoder body runs channels_last; the same code on the CPU here, in bf16 on a tiny
+    VAE (a CPU without native bf16 runs these convolutions ~200x slower)."""
+    vae = make_vae().to(torch.bfloat16)
+    z = smooth_latents(1, 40, 10).to(torch.bfloat16)
+    with torch.no_grad():
+        reference = vae.decode(z).sample
+    monkeypatch.setattr(tiling, "CHANNELS_LAST_DEVICES", ("cpu",))
+    seen = []
+    handle = vae.decoder.conv_out.register_forward_pre_hook(
+        lambda module, args: seen.append(tiling._is_channels_last(args[0])))
+    try:
+        out, stats = tiled("decode", vae, z, 2)        # 2 latent pixels: bands of 16 rows here
+    finally:
+        handle.remove()
+    assert stats.tiles > 1 and seen and all(seen)
+    assert psnr(out.sample, reference) > 40

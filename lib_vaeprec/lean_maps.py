@@ -15,6 +15,9 @@ class OnTheFly:
 
     def __init__(self, upsampler, source, out_channels):
         self.upsampler, self.source = upsampler, source
+        # Each region's input is copied out of the source anyway; in the source's layout it costs the
+        # same and keeps a channels_last decoder body channels_last.
+        self.memory_format = torch.channels_last if is_channels_last(source) else torch.contiguous_format
         n, _c, h, w = source.shape
         self.shape = (n, out_channels, 2 * h, 2 * w)
         self.dtype, self.device = source.dtype, source.device
@@ -26,7 +29,7 @@ class OnTheFly:
         b0, b1 = max(0, s0 // 2 - 1), min(w, (s1 + 1) // 2 + 1)
         crop = self.source.crop(a0, a1, b0, b1) if isinstance(self.source, HostRows) \
             else self.source[..., a0:a1, b0:b1]
-        y = self.upsampler(crop.contiguous())
+        y = self.upsampler(crop.contiguous(memory_format=self.memory_format))
         return y[..., r0 - 2 * a0:r1 - 2 * a0, s0 - 2 * b0:s1 - 2 * b0]
 
     def held_bytes(self):
@@ -42,6 +45,7 @@ class HostRows:
 
     def __init__(self, x):
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        self.channels_last = is_channels_last(x)
         n, c, h, w = x.shape
         self.rows = torch.empty((h, n, c, w), dtype=x.dtype, pin_memory=x.is_cuda)
         for top in range(0, h, self.CHUNK_ROWS):
@@ -88,6 +92,13 @@ def _write(x, results, k):
         (c0, c1, d0, d1), y = results[k]
         x[..., c0:c1, d0:d1] = y
         results[k] = None
+
+
+def is_channels_last(x):
+    """Whether a map is stored channels_last (a HostRows remembers its device map's layout)."""
+    if isinstance(x, HostRows):
+        return x.channels_last
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def region(x, r0, r1, s0, s1):

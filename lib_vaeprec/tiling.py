@@ -244,12 +244,8 @@ class StageRunner:
 
 def _empty_like_layout(tile, shape):
     """A whole map for the tiles' results, in their memory layout (channels_last stays channels_last)."""
-    layout = torch.channels_last if _is_channels_last(tile) else torch.contiguous_format
+    layout = torch.channels_last if lean_maps.is_channels_last(tile) else torch.contiguous_format
     return torch.empty(shape, dtype=tile.dtype, device=tile.device, memory_format=layout)
-
-
-def _is_channels_last(x):
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 # Where the decoder's body runs channels_last: 16-bit maps on CUDA, where cuDNN's convs then skip their

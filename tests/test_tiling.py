@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import SMALL, make_vae, psnr
-from lib_vaeprec import tiling
+from lib_vaeprec import lean_maps, tiling
 from lib_vaeprec.coder_layout import decoder_layout, encoder_layout
 from lib_vaeprec.engine import VaeEngine
 from lib_vaeprec.options import VaeOptions
@@ -249,20 +249,26 @@ def test_circular_padding_runs_untiled(vae, caplog):
     assert "pad circularly" in caplog.text
 
 
-def test_channels_last_body_equals_untiled(monkeypatch):
+@pytest.mark.parametrize("lean", [False, True])
+def test_channels_last_body_equals_untiled(monkeypatch, caplog, lean):
     """On CUDA a 16-bit decoder body runs channels_last; the same code on the CPU here, in bf16 on a tiny
-    VAE (a CPU without native bf16 runs these convolutions ~200x slower)."""
+    VAE (a CPU without native bf16 runs these convolutions ~200x slower). `lean`: with no memory to
+    spare, so regions are computed on the fly from a source in host memory, and recomputed."""
     vae = make_vae().to(torch.bfloat16)
     z = smooth_latents(1, 40, 10).to(torch.bfloat16)
     with torch.no_grad():
         reference = vae.decode(z).sample
     monkeypatch.setattr(tiling, "CHANNELS_LAST_DEVICES", ("cpu",))
+    if lean:
+        monkeypatch.setattr(tiling.memory, "free_bytes", lambda device: 1)
     seen = []
     handle = vae.decoder.conv_out.register_forward_pre_hook(
-        lambda module, args: seen.append(tiling._is_channels_last(args[0])))
+        lambda module, args: seen.append(lean_maps.is_channels_last(args[0])))
     try:
-        out, stats = tiled("decode", vae, z, 2)        # 2 latent pixels: bands of 16 rows here
+        with caplog.at_level(logging.INFO, logger="vae_precision"):
+            out, stats = tiled("decode", vae, z, 2)        # 2 latent pixels: bands of 16 rows here
     finally:
         handle.remove()
     assert stats.tiles > 1 and seen and all(seen)
+    assert ("host memory" in caplog.text) == lean
     assert psnr(out.sample, reference) > 40

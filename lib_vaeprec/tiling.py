@@ -103,7 +103,8 @@ class _Stop(Exception):
 
 
 class StageRunner:
-    """Runs the stages of one coder over whole maps, tile by tile.
+    """Runs the stages of one coder over whole maps, tile by tile (each tile a full-width band of rows,
+    see _map_tiles; the code below works for any rectangles).
 
     `budget` bounds the whole maps held at once: when a resnet's input, conv1 output and output do
     not fit, conv1's output is recomputed tile by tile instead of kept; when an upsampler's output

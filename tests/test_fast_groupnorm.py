@@ -79,8 +79,8 @@ def test_applies_only_to_plain_groupnorms_on_its_devices(monkeypatch):
 def test_installed_groupnorm_keeps_maps_channels_last(monkeypatch):
     """channels_last from the first fast GroupNorm on, and kept by the small maps torch's kernel runs."""
     monkeypatch.setattr(fast_groupnorm, "DEVICE_TYPES", ("cpu",))
-    norm = _norm()
-    x = torch.randn(1, 64, 8, 8)
+    norm = _norm(dtype=torch.bfloat16)
+    x = torch.randn(1, 64, 8, 8).bfloat16()
     reference = norm(x)
     installed = fast_groupnorm.FastGroupNorms()
     vae = torch.nn.Module()
@@ -89,7 +89,9 @@ def test_installed_groupnorm_keeps_maps_channels_last(monkeypatch):
     try:
         monkeypatch.setattr(fast_groupnorm, "MIN_GROUP_ELEMENTS", 0)
         fast = norm(x)
-        assert fast.is_contiguous(memory_format=torch.channels_last) and torch.allclose(fast, reference, atol=1e-5)
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(fast.float(), reference.float(), atol=0.05)
+        assert norm.float()(x.float()).is_contiguous()          # float32 maps keep their layout
         monkeypatch.setattr(fast_groupnorm, "MIN_GROUP_ELEMENTS", 2 ** 18)
         assert norm(x.contiguous(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
         assert norm(x).is_contiguous()

@@ -15,7 +15,7 @@
         fused_upsample: "Run each decoder upsample + convolution as one transposed convolution: the same image, less memory, faster. Not used when compiling.",
         fast_groupnorm: "Compute the VAE's bf16/fp16 GroupNorms from per-channel sums and one normalising pass instead of torch's own CUDA kernel, which is slow on large images: the same image, about twice as fast at 1024 px and up, with less memory. Not used when compiling.",
         cudnn_benchmark: "Let cuDNN time its convolution algorithms for each image size during VAE calls only. Helps fp32 VAEs; the first call at a new size is slower.",
-        low_memory: "Run large bf16/fp16 convolutions in bands of rows, so cuDNN's workspace stays small: about half the fp32 peak memory, about 15% slower.",
+        low_memory: "Run large bf16/fp16 convolutions in bands of rows, so cuDNN's workspace stays small: about half the fp32 peak memory, about 15% slower. Measured with fast GroupNorm off; with it on the peak is already about half.",
         accordion: "Open to choose VAE Precision settings for this render only; 'use settings' keeps the value from Settings."
     };
 

@@ -66,7 +66,7 @@ SPECS = (
               "faster at 1024² and up, at 0.5x the fp32 peak memory (H100; not used with compile)"),
     Spec("low_memory", DEFAULTS.low_memory, "Low-memory convolutions (bf16/fp16, CUDA)", "Checkbox",
          info="large convolutions run in bands of rows: about 0.5x the fp32 peak memory instead of 0.8x, "
-              "about 15% slower"),
+              "about 15% slower; measured with fast GroupNorm off (on, the peak is already 0.5x)"),
     Spec("cudnn_benchmark", DEFAULTS.cudnn_benchmark, "cuDNN autotuning during VAE calls", "Checkbox",
          info="fp32 VAEs ran 26% faster with it on an H100, bf16 no faster; the first call at each image "
               "size is slower while cuDNN times its algorithms"),

@@ -38,10 +38,13 @@ class OnTheFly:
 
 class HostRows:
     """A device map kept in pinned host memory, rows outermost, so that a band of rows is one
-    contiguous block: one fast copy per row of tiles instead of a strided gather per tile. The band
-    last fetched stays on the device (the tiles of one row share it)."""
+    contiguous block: fast copies per band instead of a strided gather per tile.
 
-    CHUNK_ROWS = 64          # rows moved per copy, which bounds the temporary on the device
+    Rows come back in chunks of CHUNK_ROWS. Tiles go down the image, so while the device computes on
+    one band, the chunk below it is already being copied on a side stream (CUDA), which hides most of
+    the copying. Only the chunks of the current band and the next one stay on the device."""
+
+    CHUNK_ROWS = 64          # rows per copy, which bounds what the device holds besides the band
 
     def __init__(self, x):
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
@@ -51,17 +54,54 @@ class HostRows:
         for top in range(0, h, self.CHUNK_ROWS):
             self.rows[top:top + self.CHUNK_ROWS].copy_(x[:, :, top:top + self.CHUNK_ROWS].permute(2, 0, 1, 3))
         self._band = None        # (first row, end row, the band on the device as N, C, rows, W)
+        self._chunks = {}        # chunk index -> [rows on the device (rows, N, C, W), copy-done event or None]
+        self._copier = torch.cuda.Stream(x.device) if x.is_cuda else None
 
     def crop(self, a0, a1, b0, b1):
         if self._band is None or not (self._band[0] <= a0 and a1 <= self._band[1]):
-            band = self.rows[a0:a1].to(self.device, non_blocking=True).permute(1, 2, 0, 3)
-            self._band = (a0, a1, band)
+            self._band = None
+            self._band = (a0, a1, self._fetch(a0, a1))
         first, _end, band = self._band
         return band[:, :, a0 - first:a1 - first, b0:b1]
 
+    def _fetch(self, a0, a1):
+        size = self.CHUNK_ROWS
+        first, last = a0 // size, (a1 - 1) // size
+        for k in [k for k in self._chunks if k < first or k > last + 1]:
+            del self._chunks[k]
+        parts = [self._chunk(k)[max(0, a0 - k * size):min(size, a1 - k * size)] for k in range(first, last + 1)]
+        self._start(last + 1)
+        rows = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return rows.permute(1, 2, 0, 3)
+
+    def _chunk(self, k):
+        self._start(k)
+        entry = self._chunks[k]
+        if entry[1] is not None:                       # copied on the side stream: wait for it here
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(entry[1])
+            entry[0].record_stream(compute)            # freed only after the work that reads it
+            entry[1] = None
+        return entry[0]
+
+    def _start(self, k):
+        size = self.CHUNK_ROWS
+        if k in self._chunks or k * size >= self.shape[2]:
+            return
+        source = self.rows[k * size:(k + 1) * size]
+        if self._copier is None:
+            self._chunks[k] = [source.to(self.device), None]
+            return
+        with torch.cuda.stream(self._copier):
+            rows = source.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._copier)
+        self._chunks[k] = [rows, done]
+
     def held_bytes(self):
+        held = sum(rows.numel() * rows.element_size() for rows, _ in self._chunks.values())
         band = self._band[2] if self._band else None
-        return 0 if band is None else band.numel() * band.element_size()
+        return held + (0 if band is None else band.numel() * band.element_size())
 
 
 def overwrite_lagged(x, tiles, compute):

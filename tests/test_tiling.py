@@ -272,3 +272,14 @@ def test_channels_last_body_equals_untiled(monkeypatch, caplog, lean):
     assert stats.tiles > 1 and seen and all(seen)
     assert ("host memory" in caplog.text) == lean
     assert psnr(out.sample, reference) > 40
+
+
+def test_host_rows_fetch_any_band_in_chunks_and_keep_few(monkeypatch):
+    monkeypatch.setattr(lean_maps.HostRows, "CHUNK_ROWS", 16)
+    x = torch.randn(2, 3, 150, 7)
+    rows = lean_maps.HostRows(x)
+    chunk_bytes = 16 * 2 * 3 * 7 * 4
+    for a0, a1 in [(0, 10), (8, 40), (38, 70), (69, 150), (0, 34), (140, 150), (5, 6)]:   # down, then again
+        assert torch.equal(rows.crop(a0, a1, 0, 7), x[:, :, a0:a1])
+        band_bytes = 2 * 3 * (a1 - a0) * 7 * 4
+        assert rows.held_bytes() <= band_bytes + (a1 - a0 + 2 * 16) // 16 * chunk_bytes + chunk_bytes

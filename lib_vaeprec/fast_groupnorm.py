@@ -11,6 +11,7 @@ import torch
 from . import forward_override
 from .groupnorm_stats import group_norm
 from .plain_layers import runs_plain
+from .speed import is_channels_last
 
 DEVICE_TYPES = ("cuda",)
 # Below this many elements per (sample, group) torch's kernel is as fast or faster (H100: 0.19 ms
@@ -65,7 +66,6 @@ def _channels_last(x):
 
 def _same_layout(y, x):
     """torch's GroupNorm returns contiguous maps; a small map keeps the channels_last chain going."""
-    if x.dim() == 4 and y.dim() == 4 and not x.is_contiguous() \
-            and x.is_contiguous(memory_format=torch.channels_last):
+    if y.dim() == 4 and is_channels_last(x):
         return y.contiguous(memory_format=torch.channels_last)
     return y

@@ -7,6 +7,8 @@ Each trades compute or copies for memory; the runner uses them only when its bud
 """
 import torch
 
+from . import speed
+
 
 class OnTheFly:
     """An upsampler's output that is never held whole: each region is computed from the (4x smaller)
@@ -136,9 +138,7 @@ def _write(x, results, k):
 
 def is_channels_last(x):
     """Whether a map is stored channels_last (a HostRows remembers its device map's layout)."""
-    if isinstance(x, HostRows):
-        return x.channels_last
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return x.channels_last if isinstance(x, HostRows) else speed.is_channels_last(x)
 
 
 def region(x, r0, r1, s0, s1):

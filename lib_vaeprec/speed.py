@@ -52,6 +52,11 @@ class CompiledCoders:
         self._installed.restore_all()
 
 
+def is_channels_last(x):
+    """Whether a 4-D map is stored channels_last (and not also plainly contiguous, as 1x1 maps are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def to_memory_format(module, channels_last):
     """Puts 4-D weights in channels_last (or back to contiguous); values and dtype are untouched."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -133,15 +133,8 @@ class StageRunner:
 
     def per_tile(self, fn, x, out_channels, halo, scale=1.0, align=1):
         """Y = fn(X) computed tile by tile; fn maps a tile to a tile `scale` times its size."""
-        out = None
-        for (c0, c1, r0, r1), (d0, d1, s0, s1) in self._map_tiles(x, out_channels, halo, align):
-            y = fn(lean_maps.region(x, r0, r1, s0, s1))
-            if out is None:
-                out = _empty_like_layout(y, y.shape[:2] + (int(x.shape[-2] * scale), int(x.shape[-1] * scale)))
-            f = scale
-            out[..., int(c0 * f):int(c1 * f), int(d0 * f):int(d1 * f)] = \
-                y[..., int((c0 - r0) * f):int((c1 - r0) * f), int((d0 - s0) * f):int((d1 - s0) * f)]
-        return out
+        tiles = self._map_tiles(x, out_channels, halo, align)
+        return _assemble(tiles, lambda r0, r1, s0, s1: fn(lean_maps.region(x, r0, r1, s0, s1)), x.shape[-2:], scale)
 
     def stats_of(self, x, groups):
         if not isinstance(x, lean_maps.OnTheFly):
@@ -196,13 +189,7 @@ class StageRunner:
         if in_place:
             self.lean.append("in place")
             return lean_maps.overwrite_lagged(x, tiles, compute)
-        out = None
-        for (c0, c1, r0, r1), (d0, d1, s0, s1) in tiles:
-            y = compute(r0, r1, s0, s1)
-            if out is None:
-                out = _empty_like_layout(y, y.shape[:2] + tuple(x.shape[-2:]))
-            out[..., c0:c1, d0:d1] = y[..., c0 - r0:c1 - r0, d0 - s0:d1 - s0]
-        return out
+        return _assemble(tiles, compute, x.shape[-2:])
 
     def upsampled(self, upsampler, x, next_resnet):
         """The upsampler's output, held whole, or OnTheFly when it would not fit beside the next
@@ -241,6 +228,20 @@ class StageRunner:
             h = layout.conv_out(torch.nn.functional.silu(h))
             return torch.tanh(h) if layout.tanh_out else h
         return self.per_tile(fn, x, layout.conv_out.out_channels, halo=1)
+
+
+def _assemble(tiles, compute, size, scale=1.0):
+    """The whole map from `compute(r0, r1, s0, s1)` of each tile's run region, `scale` times the input's
+    `size`: each result's core (the tile without its halo) is written into place."""
+    out = None
+    for (c0, c1, r0, r1), (d0, d1, s0, s1) in tiles:
+        y = compute(r0, r1, s0, s1)
+        if out is None:
+            out = _empty_like_layout(y, y.shape[:2] + (int(size[0] * scale), int(size[1] * scale)))
+        f = scale
+        out[..., int(c0 * f):int(c1 * f), int(d0 * f):int(d1 * f)] = \
+            y[..., int((c0 - r0) * f):int((c1 - r0) * f), int((d0 - s0) * f):int((d1 - s0) * f)]
+    return out
 
 
 def _empty_like_layout(tile, shape):

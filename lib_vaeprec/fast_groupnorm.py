@@ -3,7 +3,7 @@ normalising pass, instead of torch's CUDA kernel that gathers each group with on
 
 Same results up to float rounding; on an H100 it roughly halves an eager SD decode at 2048²
 (docs/benchmarks.md), with the decoder's maps kept channels_last from its first GroupNorm on (see
-_channels_last). CUDA only (where that kernel is slow), eager runs only (torch.compile writes its
+to_channels_last). CUDA only (where that kernel is slow), eager runs only (torch.compile writes its
 own fused GroupNorm), and only where the host's GroupNorm computes nothing more than torch's (plain_layers).
 """
 import torch
@@ -52,16 +52,19 @@ def _forward_of(norm, eager, channels_last):
         if x.device.type not in DEVICE_TYPES:
             return eager(x)                        # exactly the host's own GroupNorm elsewhere
         if applies(norm, x):
-            return group_norm(norm, _channels_last(x) if channels_last else x)
+            return group_norm(norm, to_channels_last(x) if channels_last else x)
         return _same_layout(eager(x), x)
     return forward
 
 
-def _channels_last(x):
-    """4-D maps go channels_last (one copy, at the first GroupNorm only): batch_norm keeps that layout,
-    cuDNN's 16-bit convs take and return it without their NCHW<->NHWC transposes and the workspace
-    those need, so the whole chain of resnets stays in it (measured faster and leaner, docs/benchmarks.md)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+def to_channels_last(x):
+    """16-bit 4-D maps on DEVICE_TYPES go channels_last (one copy, at the decoder's first GroupNorm, or
+    where the tiled decoder's body starts): batch_norm keeps that layout, cuDNN's 16-bit convs take and
+    return it without their NCHW<->NHWC transposes and the workspace those need, so the whole chain of
+    resnets stays in it (measured faster and leaner, docs/benchmarks.md). Other maps are returned as is."""
+    if x.device.type in DEVICE_TYPES and x.dtype in DTYPES and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _same_layout(y, x):

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from . import dtypes, groupnorm_stats, lean_maps, memory
+from . import dtypes, fast_groupnorm, groupnorm_stats, lean_maps, memory
 from .forward_override import Replaced
 from .coder_layout import call_block, decoder_layout, encoder_layout, run_mid
 
@@ -250,17 +250,6 @@ def _empty_like_layout(tile, shape):
     return torch.empty(shape, dtype=tile.dtype, device=tile.device, memory_format=layout)
 
 
-# Where the decoder's body runs channels_last: 16-bit maps on CUDA, where cuDNN's convs then skip their
-# layout transposes (as fast_groupnorm does untiled; docs/benchmarks.md).
-CHANNELS_LAST_DEVICES = ("cuda",)
-
-
-def _body_layout(h):
-    if h.device.type in CHANNELS_LAST_DEVICES and h.dtype in (torch.float16, torch.bfloat16) and h.dim() == 4:
-        return h.contiguous(memory_format=torch.channels_last)
-    return h
-
-
 def _wraps_around(coder):
     return any(isinstance(m, torch.nn.Conv2d) and m.padding_mode != "zeros" for m in coder.modules())
 
@@ -278,7 +267,8 @@ def _tile_elems(tile_latent):
 def decode_stagewise(layout, z, runner):
     h = runner.stage("conv", layout.head[0][1], z)
     h = run_mid(layout.mid, h)
-    h = _body_layout(h.to(dtypes.of_module(layout.body[0][1], h.dtype) if layout.body else h.dtype))
+    h = h.to(dtypes.of_module(layout.body[0][1], h.dtype) if layout.body else h.dtype)
+    h = fast_groupnorm.to_channels_last(h)      # where the untiled decoder runs so (16-bit maps on CUDA)
     body = layout.body
     for i, (kind, module) in enumerate(body):
         if kind == "up":

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import SMALL, make_vae, psnr
-from lib_vaeprec import lean_maps, tiling
+from lib_vaeprec import fast_groupnorm, lean_maps, tiling
 from lib_vaeprec.coder_layout import decoder_layout, encoder_layout
 from lib_vaeprec.engine import VaeEngine
 from lib_vaeprec.options import VaeOptions
@@ -258,7 +258,7 @@ def test_channels_last_body_equals_untiled(monkeypatch, caplog, lean):
     z = smooth_latents(1, 40, 10).to(torch.bfloat16)
     with torch.no_grad():
         reference = vae.decode(z).sample
-    monkeypatch.setattr(tiling, "CHANNELS_LAST_DEVICES", ("cpu",))
+    monkeypatch.setattr(fast_groupnorm, "DEVICE_TYPES", ("cpu",))
     if lean:
         monkeypatch.setattr(tiling.memory, "free_bytes", lambda device: 1)
     seen = []

@@ -1,7 +1,7 @@
 """How a tiled run holds fewer whole maps when memory is short (see tiling.StageRunner).
 
 - OnTheFly: an upsampler's output is never held; each region is computed from its input when read.
-- HostRows: that input itself waits in pinned host memory, fetched one band of rows at a time.
+- HostRows: that input itself waits in pinned host memory, fetched in chunks of rows, one ahead.
 - overwrite_lagged: a block's output is written over its input, one row of tiles behind.
 Each trades compute or copies for memory; the runner uses them only when its budget asks.
 """
@@ -61,7 +61,7 @@ class HostRows:
 
     def crop(self, a0, a1, b0, b1):
         if self._band is None or not (self._band[0] <= a0 and a1 <= self._band[1]):
-            self._band = None
+            self._band = None                # let the old band go before the new one is made
             self._band = (a0, a1, self._fetch(a0, a1))
         first, _end, band = self._band
         return band[:, :, a0 - first:a1 - first, b0:b1]

@@ -7,6 +7,8 @@ there before us), the weights' dtype and device, the hooks.
 """
 import contextlib
 import logging
+import threading
+import weakref
 
 import torch
 
@@ -23,6 +25,7 @@ from .stats import CallStats, dtype_label, measure
 
 log = logging.getLogger("vae_precision")
 _warned = set()
+_ENGINES = weakref.WeakKeyDictionary()     # module -> the engine attached to it
 
 
 def warn_once(message):
@@ -77,7 +80,10 @@ class VaeEngine:
         self._banded = BandedConvs()
         self._fp32_names = None             # submodules the mixed policy keeps in fp32 (found once)
         self._shadowed = {}                 # method name -> what the instance dict held before (or None)
-        self.last_call = None
+        self.last_call = None               # CallStats of the last call that returned (None after one raised)
+        # One call at a time: calls share the module's weights, dtype and instance forwards (a web UI's
+        # API serves requests on several threads). Re-entrant for the calls a call makes itself.
+        self._lock = threading.RLock()
 
     # ----- attaching -----
     @property
@@ -85,8 +91,14 @@ class VaeEngine:
         return bool(self._shadowed)
 
     def attach(self):
-        if self.attached:
+        with self._lock:
+            if self.attached:
+                return self
+            self._attach()
+            _ENGINES[self.module] = self
             return self
+
+    def _attach(self):
         for name in self.METHODS:
             if not hasattr(self.module, name):
                 continue
@@ -94,7 +106,6 @@ class VaeEngine:
             self._shadowed[name] = previous
             original = previous if previous is not None else getattr(self.module, name)
             setattr(self.module, name, self._make_wrapper(name, original))
-        return self
 
     def _make_wrapper(self, kind, original):
         engine = self
@@ -108,21 +119,28 @@ class VaeEngine:
     def detach(self):
         """Leaves the module exactly as the host has it: methods, dtype, device.
 
-        If something has wrapped our wrapper since (A1111's lowvram on a model switch), that wrapper
-        stays where it is and ours, underneath, only passes calls through from now on."""
-        for name, previous in self._shadowed.items():
-            current = self.module.__dict__.get(name)
-            if getattr(current, "vae_precision_engine", None) is not self:
-                continue
-            if previous is None:
-                self.module.__dict__.pop(name, None)
-            else:
-                setattr(self.module, name, previous)
-        self._shadowed.clear()
-        self.release_weights()
+        If something has wrapped our wrapper since (A1111's lowvram on a model switch, another library),
+        that wrapper stays where it is and ours, underneath, only passes calls through from now on."""
+        with self._lock:
+            for name, previous in self._shadowed.items():
+                current = self.module.__dict__.get(name)
+                if getattr(current, "vae_precision_engine", None) is not self:
+                    continue
+                if previous is None:
+                    self.module.__dict__.pop(name, None)
+                else:
+                    setattr(self.module, name, previous)
+            self._shadowed.clear()
+            if _ENGINES.get(self.module) is self:
+                del _ENGINES[self.module]
+            self.release_weights()
 
     def release_weights(self):
         """Undoes offload and casting, keeping the wrappers (used before the host reloads weights)."""
+        with self._lock:
+            self._release_weights()
+
+    def _release_weights(self):
         self._mixed.remove()
         self._compiled.remove()
         self._fused.remove()
@@ -133,10 +151,11 @@ class VaeEngine:
         self.caster.restore()
 
     def set_options(self, options: VaeOptions):
-        if options.offload != self.offloader.mode:
-            self.offloader.return_home(self.module)
-            self.offloader = Offloader(options.offload)
-        self.options = options
+        with self._lock:
+            if options.offload != self.offloader.mode:
+                self.offloader.return_home(self.module)
+                self.offloader = Offloader(options.offload)
+            self.options = options
 
     # ----- running -----
     def precision_for(self, device):
@@ -163,19 +182,41 @@ class VaeEngine:
     def prepare(self, device):
         """Casts the weights for a call on `device` now (hosts do it at load time, before they might
         recast the module themselves). Returns the Precision, or None for "host default"."""
-        precision = self.precision_for(torch.device(device))
-        self._prepare_weights(precision)
-        return precision
+        with self._lock:
+            precision = self.precision_for(torch.device(device))
+            self._prepare_weights(precision)
+            return precision
 
     def run(self, kind, original, x, *args, **kwargs):
-        opts = self.options
-        if not opts.enabled or not self.attached or not torch.is_tensor(x):
+        if not self.options.enabled or not self.attached or not torch.is_tensor(x):
             return original(x, *args, **kwargs)
+        with self._lock:
+            if not self.attached:          # detached while this call waited for the one before it
+                return original(x, *args, **kwargs)
+            self.last_call = None
+            if _needs_gradients(self.module, x):
+                result, stats = self._run_with_gradients(kind, original, x, args, kwargs)
+            else:
+                result, stats = self._run(kind, original, x, args, kwargs)
+            self.last_call = stats
+            on_call = self.on_call
+        if on_call is not None:
+            on_call(stats)
+        return result
+
+    def _run(self, kind, original, x, args, kwargs):
+        opts = self.options
         device = self.offloader.compute_device(self.module, x.device)
         precision = self.precision_for(device)
         if precision is not None and precision.warning:
             warn_once(precision.warning)
-        stats = CallStats(kind=kind, samples=x.shape[0])
+        stats = CallStats(kind=kind, samples=x.shape[0], device=device.type)
+        bad_input = guard.nonfinite_samples(x)
+        if len(bad_input):
+            stats.nonfinite_input = len(bad_input)
+            log.warning("VAE Precision: %d of %d %s inputs are already NaN/Inf (made before the VAE, by the "
+                        "sampler or the image given): left as they are, not redone", len(bad_input), x.shape[0],
+                        kind)
         try:
             # Autocast off: a host's autocast region (sgm's decode_first_stage can open one) would
             # otherwise override the dtype chosen here.
@@ -187,8 +228,8 @@ class VaeEngine:
                 x_in = self._apply_speed_options(x.to(device, dtype), device)
                 result = self._run_sized(kind, original, x_in, args, kwargs, stats)
                 result = outputs.to_float32(result)
-                if opts.nan_fallback:
-                    result = self._redo_nonfinite(kind, original, x, args, kwargs, device, dtype, result, stats)
+                result = self._check_finite(kind, original, x, args, kwargs, device, dtype, result, stats,
+                                            bad_input)
                 result = _to_device(result, x.device if device.type == "cpu" else device)
         finally:
             self.offloader.after_call(self.module)
@@ -196,10 +237,26 @@ class VaeEngine:
                 self._fused.forget_kernels()     # they would stay on the GPU between calls
             if opts.free_memory:
                 memory.release_cached(device, collect=False)
-        self.last_call = stats
-        if self.on_call is not None:
-            self.on_call(stats)
-        return result
+        return result, stats
+
+    def _run_with_gradients(self, kind, original, x, args, kwargs):
+        """With gradients asked for (grad mode on, and the input or the VAE's weights require grad: training
+        through the VAE), the VAE runs as the host has it, untiled, under torch.autocast in the chosen
+        16-bit dtype, so that gradients reach the host's own weights."""
+        device = x.device
+        precision = self.precision_for(device)
+        dtype = precision.dtype if precision is not None else None
+        autocast = dtype in (torch.float16, torch.bfloat16)
+        warn_once("gradients are on for a VAE call, so it runs with autograd: untiled, weights as the host has "
+                  f"them{f', under torch.autocast({dtypes.name_of(dtype)})' if autocast else ''}; wrap inference "
+                  "in torch.no_grad() for VAE Precision's own path")
+        self._release_weights()
+        stats = CallStats(kind=kind, samples=x.shape[0], device=device.type,
+                          dtype=dtypes.name_of(dtype) if autocast else dtypes.name_of(self._host_dtype()))
+        context = torch.autocast(device.type, dtype=dtype) if autocast else contextlib.nullcontext()
+        with context, measure(stats, device):
+            result = outputs.to_float32(original(x, *args, **kwargs))
+        return result, stats
 
     def _apply_speed_options(self, x, device):
         if self.options.channels_last:
@@ -224,47 +281,88 @@ class VaeEngine:
         return "fast" if self.options.fast_groupnorm and device.type in fast_groupnorm.DEVICE_TYPES else "fused"
 
     def _run_sized(self, kind, original, x, args, kwargs, stats):
-        """Untiled, untiled with low-memory convolutions, tiled, or untiled with a tiled retry after
-        running out of memory."""
-        mode, tile_px = self.options.tiling, self.options.tile_size
-        layers = self._layers_in_use(x.device)
+        """The call in the memory there is, down a ladder of rungs (`_rungs`), each slower and leaner than
+        the one before. A rung that runs out of memory, or whose plan does not fit, hands over to the next;
+        the last one's failure is the call's."""
+        rungs = self._rungs(kind, original, x, args, kwargs, stats)
+        failed = None
+        for i, (name, rung) in enumerate(rungs):
+            if failed is not None:
+                # Here, outside the except block, the failed rung's frames (and tensors) are gone.
+                memory.release_cached(x.device)
+                log.warning("VAE Precision: %s %s %s; running it %s", kind, rungs[i - 1][0], failed, name)
+                stats.rungs_failed.append(rungs[i - 1][0])
+            last = i == len(rungs) - 1
+            try:
+                return rung()
+            except tiling.PlanError as error:
+                if last:
+                    raise
+                failed = f"does not fit: {error}"
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
+                if last or not memory.is_out_of_memory(error):
+                    raise
+                failed = "ran out of memory"
+        raise AssertionError("unreachable: the last rung returns or raises")
+
+    def _rungs(self, kind, original, x, args, kwargs, stats):
+        """[(name, run)]: untiled (with low-memory convolutions where only they fit), tiled as planned from
+        free memory, tiled holding as little as possible, then on the CPU. Tiling `auto` starts where the
+        estimate says the call fits, `always` at the tiled rung, `off` skips the tiled rungs."""
+        mode, layers = self.options.tiling, self._layers_in_use(x.device)
 
         def fits(with_layers):
             # Low-memory convolutions get more headroom: near the limit the allocator's churn made a
             # 2048² decode with 8 GB free take 883 ms, slower than tiling (docs/benchmarks.md).
             share = LOW_MEMORY_SHARE if with_layers == "low_memory" and layers != "low_memory" \
                 else tiling.UNTILED_SHARE
-            return tiling.TilePlanner(self.module, kind, x, tile_px, with_layers).fits_untiled(share)
-        planner = tiling.TilePlanner(self.module, kind, x, tile_px, layers)
+            return tiling.fits_untiled(self.module, kind, x, with_layers, share)
         route = choose_route(mode, layers, fits, can_band=_bands_help(x) and not self.options.compile)
-        if route == "tiled":
-            return self._run_tiled(kind, original, x, args, kwargs, planner.tile_latent(), stats)
-        try:
-            with self._low_memory_for_call(route == "low_memory"):
-                return original(x, *args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
-            if not memory.is_out_of_memory(error) or mode == "off":
-                raise
-        # Outside the except block: the failed call's frames (and their tensors) are gone before the retry.
-        memory.release_cached(x.device)
-        log.warning("VAE Precision: %s ran out of memory untiled; redoing it tiled", kind)
-        stats.tiled_after_oom = True
-        return self._run_tiled(kind, original, x, args, kwargs, planner.tile_latent(), stats)
+        call = (kind, original, x, args, kwargs, stats)
+        untileable = tiling.why_untileable(self.module, kind) if mode != "off" else None
+        if untileable and route == "tiled":
+            log.warning("VAE Precision: %s runs untiled: %s", kind, untileable)
+        rungs = []
+        if route != "tiled" or untileable:
+            rungs.append(("untiled", lambda: self._untiled(*call, low_memory=route == "low_memory")))
+        if mode != "off" and not untileable:
+            rungs.append(("tiled", lambda: self._tiled(*call, lean=False)))
+            rungs.append(("tiled with the least memory", lambda: self._tiled(*call, lean=True)))
+        if x.device.type != "cpu":
+            rungs.append(("on the CPU", lambda: self._on_cpu(*call)))
+        return rungs
 
-    def _run_tiled(self, kind, original, x, args, kwargs, tile_latent, stats):
-        """Tiled; if even that runs out of memory (free memory is partly the allocator's cache, which
-        can be too fragmented for a whole map), once more with the cache emptied, half the tile and
-        the fewest whole maps held."""
+    def _untiled(self, kind, original, x, args, kwargs, stats, low_memory=False):
+        with self._low_memory_for_call(low_memory):
+            return original(x, *args, **kwargs)
+
+    def _tiled(self, kind, original, x, args, kwargs, stats, lean):
+        plan = tiling.plan_for(self.module, kind, x, tile_px=self.options.tile_size, lean=lean)
+        return tiling.run_tiled(original, self.module, kind, plan, x, args, kwargs, stats)
+
+    def _on_cpu(self, kind, original, x, args, kwargs, stats):
+        """The last rung: the whole call on the CPU, in what the CPU runs natively (tiled there too if it
+        would not fit the RAM), the result back on the call's device."""
+        cpu = torch.device("cpu")
+        precision = policy.resolve("auto", caps_of(cpu))
+        log.warning("VAE Precision: %s runs on the CPU in %s (slow)", kind, dtypes.name_of(precision.dtype))
+        mover = Offloader("cpu")
+        sequential = self.offloader.mode == "sequential"
+        if sequential:
+            self.offloader.after_call(self.module)     # its layer hooks would bring weights back to the GPU
+        mover.before_call(self.module, cpu)
         try:
-            return tiling.run_tiled(kind, original, self.module, x, args, kwargs, tile_latent, stats)
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
-            if not memory.is_out_of_memory(error):
-                raise
-        memory.release_cached(x.device)
-        smaller = max(tiling.MIN_TILE, tile_latent // 2)
-        log.warning("VAE Precision: tiled %s ran out of memory with %d px tiles; redoing it with %d px tiles "
-                    "and the least memory", kind, tile_latent * tiling.SCALE, smaller * tiling.SCALE)
-        return tiling.run_tiled(kind, original, self.module, x, args, kwargs, smaller, stats, maps_share=0.0)
+            self._prepare_weights(precision)
+            x_cpu = self._apply_speed_options(x.to(cpu, precision.dtype), cpu)
+            stats.device = "cpu"
+            result = self._run_sized(kind, original, x_cpu, args, kwargs, stats)
+            return outputs.to_float32(result)
+        finally:
+            self._prepare_weights(self.precision_for(x.device))
+            mover.return_home(self.module)
+            self._apply_speed_options(x, x.device)
+            if sequential:
+                self.offloader.before_call(self.module, x.device)
 
     @contextlib.contextmanager
     def _low_memory_for_call(self, on):
@@ -279,10 +377,13 @@ class VaeEngine:
             if not self.options.low_memory:
                 self._banded.remove()
 
-    def _redo_nonfinite(self, kind, original, x, args, kwargs, device, dtype, result, stats):
-        bad = guard.nonfinite_samples(outputs.main_tensor(result))
+    def _check_finite(self, kind, original, x, args, kwargs, device, dtype, result, stats, bad_input):
+        """With the NaN fallback on, redoes the samples that came out NaN/Inf (only those, and not those whose
+        input already was) at a safer dtype each time; says which are still broken."""
+        found = guard.nonfinite_samples(outputs.main_tensor(result))
+        bad = found[~torch.isin(found, bad_input)]
         current = dtype
-        while len(bad) and current in dtypes.SAFER:
+        while len(bad) and self.options.nan_fallback and current in dtypes.SAFER:
             safer = dtypes.SAFER[current]
             if safer == torch.bfloat16 and not caps_of(device).native_bf16:
                 safer = torch.float32
@@ -301,8 +402,12 @@ class VaeEngine:
         if stats.fallbacks:
             log.warning("VAE Precision: %s gave non-finite values; redone: %s", kind,
                         ", ".join(str(f) for f in stats.fallbacks))
-        if stats.fallbacks and current != dtype:
-            self._prepare_weights(self.precision_for(device))  # back to the chosen dtype for the next call
+            if current != dtype:
+                self._prepare_weights(self.precision_for(device))  # back to the chosen dtype for the next call
+        if len(bad):
+            why = ("with the NaN fallback off" if not self.options.nan_fallback
+                   else f"in {dtypes.name_of(current)}, the safest dtype")
+            log.warning("VAE Precision: %d of %d %s outputs are NaN/Inf %s", len(bad), x.shape[0], kind, why)
         return result
 
 
@@ -362,6 +467,15 @@ def _to_device(result, device):
 
 
 def engine_of(module):
-    """The engine attached to `module`, if any."""
+    """The engine attached to `module`, if any (also under a wrapper put on top of ours later)."""
+    engine = _ENGINES.get(module)
+    if engine is not None:
+        return engine
     wrapper = module.__dict__.get("decode")
     return getattr(wrapper, "vae_precision_engine", None)
+
+
+def _needs_gradients(module, x):
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for p in module.parameters())

@@ -12,11 +12,7 @@ def free_bytes(device):
         return free + cached_bytes(device)
     if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
         return torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()
-    try:
-        import psutil
-        return psutil.virtual_memory().available
-    except ImportError:
-        return 8 << 30
+    return host_available_bytes()
 
 
 def cached_bytes(device):
@@ -30,8 +26,11 @@ def cached_bytes(device):
 def is_out_of_memory(error):
     if isinstance(error, getattr(torch.cuda, "OutOfMemoryError", ())):
         return True
+    if isinstance(error, MemoryError):
+        return True
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "mps backend out of memory" in text)
+    # CUDA/MPS: "... out of memory ..."; CPU: "DefaultCPUAllocator: can't allocate memory"
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def release_cached(device, collect=True):
@@ -46,3 +45,12 @@ def release_cached(device, collect=True):
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def host_available_bytes():
+    """Host RAM available to new allocations (psutil's 'available'), or 8 GiB when psutil is missing."""
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except ImportError:
+        return 8 << 30

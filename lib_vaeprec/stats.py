@@ -21,11 +21,18 @@ class CallStats:
     peak_bytes: int = None             # peak accelerator memory above the level before the call
     ram_bytes: int = None              # process resident memory after the call
     samples: int = 0
-    tiles: int = 0                     # 0 = untiled
+    tiles: int = 0                     # bands of the most finely split stage; 0 = untiled
     tile_px: int = 0
-    tiled_after_oom: bool = False
+    rungs_failed: list = field(default_factory=list)   # memory rungs that ran out of memory before the one that ran
+    device: str = ""                   # device type the pixels were computed on ("cuda", "cpu", ...)
+    host_peak_bytes: int = None        # host memory a tiled call kept its maps in
     fallbacks: list = field(default_factory=list)   # guard.Fallback entries
     nonfinite_left: int = 0            # samples still non-finite after every fallback
+    nonfinite_input: int = 0           # samples whose input was already non-finite (from the sampler)
+
+    @property
+    def tiled_after_oom(self):
+        return bool(self.rungs_failed) and self.tiles > 0
 
 
 def _sync(device):

@@ -1,0 +1,66 @@
+"""Seamless tiled decode and encode for SD-family VAEs (4 or 16 latent channels), any size, any batch,
+in whatever memory there is.
+
+The coder (decoder or encoder) runs stage by stage (layout.py), each stage band by band over whole maps
+(runner.py), every GroupNorm with the statistics of its whole input: the result equals the untiled one up
+to float rounding. Before any work, plan.py decides where each whole map lives (device, host memory,
+recomputed on the fly, written over its input) from free device memory and host RAM, so device memory is
+bounded by the budget, not by the image. The mid block's attention runs over the bands too (attention.py).
+
+The module is still driven through its own decode/encode (`original`): only the coder's forward is
+replaced for the call, so post_quant_conv/quant_conv and whatever the host wraps around them run as usual.
+"""
+import logging
+
+import torch
+
+from ..forward_override import Replaced
+from .layout import layout_of
+from .plan import (MIN_TILE, SCALE, UNTILED_SHARE, Plan, PlanError, fits_untiled, make_plan,  # noqa: F401
+                   untiled_bytes)
+from .runner import StageRunner
+
+log = logging.getLogger("vae_precision")
+
+__all__ = ["run_tiled", "plan_for", "why_untileable", "Plan", "PlanError", "fits_untiled", "untiled_bytes", "SCALE", "MIN_TILE",
+           "UNTILED_SHARE"]
+
+
+def _wraps_around(coder):
+    return any(isinstance(m, torch.nn.Conv2d) and m.padding_mode != "zeros" for m in coder.modules())
+
+
+def why_untileable(module, kind):
+    """Why this VAE's coder cannot be tiled (a sentence), or None when it can."""
+    part = "decoder" if kind == "decode" else "encoder"
+    if layout_of(module, kind) is None:
+        return f"its {part} ({type(getattr(module, part, None)).__name__}) has a layout tiling does not know"
+    if _wraps_around(getattr(module, part)):
+        # A1111's seamless "Tiling" option pads convs circularly: tiles cannot reproduce that wrap.
+        return f"its {part}'s convs pad circularly (seamless texture)"
+    return None
+
+
+def plan_for(module, kind, x, tile_px=0, lean=False, **budget):
+    """The plan of a tiled call of a tileable VAE (see why_untileable). Raises PlanError when the maps fit
+    nowhere. `budget`: make_plan's free_bytes, host_free, host_maps."""
+    layout = layout_of(module, kind)
+    plan = make_plan(layout, kind, x, tile_px=tile_px, lean=lean, **budget)
+    plan.layout = layout
+    return plan
+
+
+def run_tiled(original, module, kind, plan, x, args, kwargs, stats):
+    """`original(x, *args, **kwargs)` with the coder's forward replaced by its planned stage-wise run."""
+    coder = getattr(module, "decoder" if kind == "decode" else "encoder")
+    runner = StageRunner(plan)
+    with Replaced(coder, lambda h, *a, **k: runner.run(plan.layout, h)):
+        result = original(x, *args, **kwargs)
+    stats.tiles += runner.most_bands
+    stats.tile_px = plan.tile_px
+    if plan.host_bytes:
+        stats.host_peak_bytes = max(stats.host_peak_bytes or 0, plan.host_bytes)
+    trades = plan.trades()
+    if trades:
+        log.info("VAE Precision: tiled %s fitted to memory with: %s", kind, ", ".join(trades))
+    return result

@@ -59,11 +59,12 @@ SPECS = (
     Spec("channels_last", DEFAULTS.channels_last, "channels_last memory format for the VAE", "Checkbox",
          info="measured slower in eager bf16 on H100; can help some GPUs and compiled runs"),
     Spec("fused_upsample", DEFAULTS.fused_upsample, "Upsample and convolve in one step", "Checkbox",
-         info="the decoder's upsample + conv as one transposed conv: same result, less memory, faster "
-              "(not used with compile)"),
+         info="the decoder's upsample + conv as one transposed conv: less memory, faster; changes pixels by "
+              "rounding, so only where the extension runs bf16/fp16 on CUDA (not with compile)"),
     Spec("fast_groupnorm", DEFAULTS.fast_groupnorm, "Fast GroupNorm (bf16/fp16, CUDA)", "Checkbox",
-         info="the VAE's GroupNorms from per-channel sums and one pass: same result; bf16 decodes about 2x "
-              "faster at 1024² and up, at 0.5x the fp32 peak memory (H100; not used with compile)"),
+         info="the VAE's GroupNorms from per-channel sums and one pass: bf16 decodes about 2x faster at 1024² "
+              "and up, at 0.5x the fp32 peak memory (H100); changes pixels by rounding, so only where the "
+              "extension runs bf16/fp16 on CUDA (not with compile)"),
     Spec("low_memory", DEFAULTS.low_memory, "Low-memory convolutions (bf16/fp16, CUDA)", "Checkbox",
          info="large convolutions run in bands of rows: about 0.5x the fp32 peak memory instead of 0.8x, "
               "about 15% slower; measured with fast GroupNorm off (on, the peak is already 0.5x)"),

@@ -175,7 +175,7 @@ class VaeEngine:
         precision = self.precision_for(device)
         if precision is not None and precision.warning:
             warn_once(precision.warning)
-        stats = CallStats(kind=kind, samples=x.shape[0])
+        stats = CallStats(kind=kind, samples=x.shape[0], device=device.type)
         try:
             # Autocast off where we chose the dtype: a host's autocast region (A1111's and sgm's
             # decode_first_stage can open one) would otherwise override it. Under "host default" the host's

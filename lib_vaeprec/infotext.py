@@ -26,11 +26,11 @@ def _gib(num_bytes):
 
 
 def format_params(options, gen: GenerationStats):
-    """Infotext pairs for one generation; empty when nothing ran."""
+    """Infotext pairs for one generation; empty when nothing ran. Each field is the choice (what pasting
+    restores), then in parentheses what actually ran where it differs."""
     if not gen.calls:
         return {}
-    used = "/".join(gen.dtypes())
-    params = {KEY_DTYPE: options.dtype if used == options.dtype else f"{options.dtype} ({used})"}
+    params = {KEY_DTYPE: _dtype(options, gen)}
     for key, kind in ((KEY_DECODE, "decode"), (KEY_ENCODE, "encode")):
         if gen.of_kind(kind):
             params[key] = f"{gen.seconds(kind):.2f} s"
@@ -41,15 +41,32 @@ def format_params(options, gen: GenerationStats):
     tiling = options.tiling
     if gen.tiles():
         how = " after OOM" if gen.tiled_after_oom() else ""
-        tiling += f" ({gen.tiles()} tiles of {gen.tile_px()} px{how})"
+        tiling += f" ({gen.tiles()} tiles of {gen.tile_px()} px{how})"     # split calls: 2 or more
     params[KEY_TILING] = tiling
     if options.tile_size:
         params[KEY_TILE_SIZE] = str(options.tile_size)
-    params[KEY_OFFLOAD] = OFFLOAD_CHOICES[options.offload]
+    params[KEY_OFFLOAD] = _offload(options, gen)
     fallbacks = gen.fallbacks()
     if fallbacks:
         params[KEY_FALLBACK] = "; ".join(str(f) for f in fallbacks)
     return params
+
+
+def _dtype(options, gen):
+    """`auto (bf16)`; `fp16 (bf16)` after every image was redone in bf16."""
+    used = "/".join(gen.dtypes())
+    detail = used if used != options.dtype else ""
+    return f"{options.dtype} ({detail})" if detail else options.dtype
+
+
+def _offload(options, gen):
+    """The choice, and the device the calls ran on when it was the CPU although the choice is a GPU one
+    (a host running on the CPU, or one that keeps its VAE there)."""
+    label = OFFLOAD_CHOICES[options.offload]
+    devices = gen.devices()
+    if options.offload != "cpu" and "cpu" in devices:
+        label += f" (ran on {'/'.join(devices)})"
+    return label
 
 
 _DETAIL = re.compile(r"\s*\(.*\)\s*$")

@@ -58,3 +58,19 @@ def test_guard_off_leaves_the_nans():
     with torch.no_grad():
         image = vae.decode(batch()).sample
     assert not torch.isfinite(image[1]).all()
+
+
+def test_the_infotext_names_the_dtype_that_made_the_pixels():
+    """Every sample redone: the fp16 choice's pixels came from the safer dtype, and the infotext says so."""
+    from lib_vaeprec.infotext import format_params
+    from lib_vaeprec.stats import GenerationStats
+    vae = overflowing_vae()
+    engine = VaeEngine(vae, VaeOptions(dtype="fp16", tiling="off")).attach()
+    gen = GenerationStats()
+    engine.on_call = gen.add
+    with torch.no_grad():
+        vae.decode(batch()[1:])
+    (fallback,) = gen.calls[0].fallbacks
+    safer = {torch.bfloat16: "bf16", torch.float32: "fp32"}[fallback.to_dtype]   # fp32 where bf16 is emulated
+    params = format_params(engine.options, gen)
+    assert params["VAE dtype"] == f"fp16 ({safer})" and params["VAE fallback"] == f"fp16->{safer} (1 of 1)"

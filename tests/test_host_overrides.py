@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from standins.fixtures import a1111, dtypes_of, forge, reforge  # noqa: E402,F401
 
+from lib_vaeprec.engine import engine_of  # noqa: E402
 from lib_vaeprec.hosts import ui  # noqa: E402
 from lib_vaeprec.options import OFFLOAD_CHOICES  # noqa: E402
 
@@ -70,7 +71,7 @@ def test_unknown_values_warn_and_the_render_continues(a1111, caplog):
     assert "'huge'" in messages and "'into the sea'" in messages
     params = env.infotext(res.infotexts[0])
     assert params["VAE dtype"].startswith("auto")           # the setting's default
-    assert params["VAE offload"] == OFFLOAD_CHOICES["keep"]
+    assert params["VAE offload"].startswith(OFFLOAD_CHOICES["keep"])
     assert len(res.images) == 1 and torch.isfinite(res.images[0]).all()
 
 
@@ -81,7 +82,7 @@ def test_infotext_per_batch_and_encodes_count_for_their_batch(a1111):
     assert res.infotexts[0] == res.infotexts[1]            # the images of one batch share it
     assert "VAE encode" in first and "VAE decode" in first
     assert "VAE encode" not in second and "VAE decode" in second
-    assert first["VAE tiling"] == "auto" and first["VAE offload"] == OFFLOAD_CHOICES["keep"]
+    assert first["VAE tiling"] == "auto" and first["VAE offload"] == "keep on GPU (ran on cpu)"
 
 
 def test_write_stats_off_keeps_only_the_choices(a1111):
@@ -148,5 +149,7 @@ def test_tiling_choice_reaches_each_host_path(host, request):
     _, untiled = env.render(img2img=True)
     _, tiled = env.render(img2img=True, args=env.args(tiling="always", tile_size="64"))
     params = env.infotext(tiled.infotexts[0])
-    assert params["VAE tiling"].startswith("always (") and params["VAE tile size"] == "64"
+    # the 16-pixel images fit one tile: the tiled runner ran, and the infotext names no tiles
+    assert engine_of(env.vae_module()).last_call.tiles == 1
+    assert params["VAE tiling"] == "always" and params["VAE tile size"] == "64"
     assert torch.allclose(tiled.images[0], untiled.images[0], atol=1e-3)

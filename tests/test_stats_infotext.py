@@ -1,5 +1,6 @@
 import logging
 
+import pytest
 import torch
 
 from lib_vaeprec.guard import Fallback
@@ -12,16 +13,16 @@ def _generation():
     gen = GenerationStats()
     gen.add(CallStats("encode", dtype="bf16", seconds=0.12, peak_bytes=2**29, ram_bytes=3 * 2**30))
     gen.add(CallStats("decode", dtype="bf16", seconds=0.41, peak_bytes=2**31, ram_bytes=5 * 2**30, tiles=4, tile_px=512,
-                      fallbacks=[Fallback(torch.float16, torch.float32, 1, 4)]))
+                      samples=4, fallbacks=[Fallback(torch.bfloat16, torch.float32, 1, 4)]))
     return gen
 
 
 def test_format_has_every_field():
     params = format_params(VaeOptions(dtype="auto", tiling="auto", tile_size=512, offload="after_use"), _generation())
     assert params == {
-        "VAE dtype": "auto (bf16)", "VAE decode": "0.41 s", "VAE encode": "0.12 s", "VAE peak VRAM": "2.00 GiB",
+        "VAE dtype": "auto (bf16/fp32)", "VAE decode": "0.41 s", "VAE encode": "0.12 s", "VAE peak VRAM": "2.00 GiB",
         "VAE RAM": "5.00 GiB", "VAE tiling": "auto (4 tiles of 512 px)", "VAE tile size": "512",
-        "VAE offload": "offload to CPU after use", "VAE fallback": "fp16->fp32 (1 of 4)",
+        "VAE offload": "offload to CPU after use", "VAE fallback": "bf16->fp32 (1 of 4)",
     }
 
 
@@ -58,3 +59,67 @@ def test_measure_records_time_and_ram():
     with measure(stats, "cpu"):
         torch.ones(1000).sum()
     assert stats.seconds > 0 and stats.ram_bytes > 0 and stats.peak_bytes is None
+
+
+# ----- the infotext says what ran -----
+
+def _one_call(**fields):
+    gen = GenerationStats()
+    gen.add(CallStats("decode", **fields))
+    return gen
+
+
+FP16, BF16, FP32 = torch.float16, torch.bfloat16, torch.float32
+
+
+@pytest.mark.parametrize("fallbacks,written", [
+    ([], "fp16"),
+    ([Fallback(FP16, BF16, 1, 1)], "fp16 (bf16)"),                                 # every image redone
+    ([Fallback(FP16, BF16, 1, 2)], "fp16 (bf16/fp16)"),                            # one of two
+    ([Fallback(FP16, BF16, 2, 2), Fallback(BF16, FP32, 2, 2)], "fp16 (fp32)"),
+    ([Fallback(FP16, BF16, 2, 2), Fallback(BF16, FP32, 1, 2)], "fp16 (bf16/fp32)"),
+])
+def test_dtype_names_the_dtypes_that_made_the_pixels(fallbacks, written):
+    gen = _one_call(dtype="fp16", samples=fallbacks[0].total if fallbacks else 1, fallbacks=fallbacks)
+    assert format_params(VaeOptions(dtype="fp16"), gen)["VAE dtype"] == written
+
+
+@pytest.mark.parametrize("offload,devices,written", [
+    ("keep", ["cpu"], "keep on GPU (ran on cpu)"),
+    ("keep", ["cuda"], "keep on GPU"),
+    ("after_use", ["cpu", "cuda"], "offload to CPU after use (ran on cpu/cuda)"),
+    ("cpu", ["cpu"], "decode on CPU"),
+])
+def test_offload_names_the_cpu_when_the_calls_ran_there(offload, devices, written):
+    gen = GenerationStats()
+    for device in devices:
+        gen.add(CallStats("decode", dtype="fp32", device=device))
+    assert format_params(VaeOptions(offload=offload), gen)["VAE offload"] == written
+
+
+@pytest.mark.parametrize("tiles,written", [(0, "always"), (1, "always"), (2, "always (2 tiles of 512 px)")])
+def test_tiles_only_when_the_call_was_split(tiles, written):
+    gen = _one_call(dtype="fp32", tiles=tiles, tile_px=512 if tiles else 0)
+    assert format_params(VaeOptions(tiling="always"), gen)["VAE tiling"] == written
+
+
+def test_a_small_image_fits_one_tile_and_says_so(small_vae):
+    """A 64x64 image with 512 px tiles: the tiled runner runs it in one piece, which is no tiling at all."""
+    from lib_vaeprec.engine import VaeEngine
+    engine = VaeEngine(small_vae, VaeOptions(dtype="fp32", tiling="always", tile_size=512)).attach()
+    gen = GenerationStats()
+    engine.on_call = gen.add
+    with torch.no_grad():
+        small_vae.decode(torch.randn(1, 4, 8, 8))
+    engine.detach()
+    assert gen.calls[0].tiles == 1 and gen.calls[0].device == "cpu"
+    params = format_params(engine.options, gen)
+    assert params["VAE tiling"] == "always" and params["VAE offload"] == "keep on GPU (ran on cpu)"
+
+
+def test_the_new_formats_paste_back_as_the_choices():
+    pasted = parse_params({"VAE dtype": "fp16 (bf16)", "VAE tiling": "always",
+                           "VAE offload": "keep on GPU (ran on cpu/cuda)", "VAE tile size": "512"})
+    assert pasted == {"dtype": "fp16", "tiling": "always", "offload": "keep", "tile_size": 512}
+    assert parse_params({"VAE dtype": "fp16 (bf16/fp16)", "VAE tiling": "auto (2 tiles of 64 px after OOM)"}) \
+        == {"dtype": "fp16", "tiling": "auto"}

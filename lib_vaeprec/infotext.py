@@ -1,9 +1,8 @@
 """The VAE part of an image's generation parameters: written from a generation's stats, read back
 into the choices that made it (dtype, tiling, tile size, offload), never into the measurements."""
 import logging
-import re
 
-from .options import OFFLOAD_CHOICES, parse_value
+from .options import OFFLOAD_CHOICES, parse_value, shown
 from .stats import GenerationStats
 
 log = logging.getLogger("vae_precision")
@@ -69,17 +68,33 @@ def _offload(options, gen):
     return label
 
 
-_DETAIL = re.compile(r"\s*\(.*\)\s*$")
+# Longer than any value format_params writes, with room to spare; a longer one is not ours to parse.
+MAX_VALUE_CHARS = 200
+
+
+def _choice_part(text):
+    """The value before its "(...)" detail, in one pass (a regex with `.*` rescanned from every "(")."""
+    text = text.strip()
+    start = text.find("(")
+    if start >= 0 and text.endswith(")"):
+        text = text[:start].rstrip()
+    return text
 
 
 def parse_params(params):
-    """{option: value} restored from infotext pairs; malformed values are skipped with a warning."""
+    """{option: value} restored from infotext pairs; malformed or overlong values are left out with one
+    warning each."""
     restored = {}
     for key, option in RESTORES.items():
         if key not in params:
             continue
-        raw = _DETAIL.sub("", str(params[key]))
-        value = parse_value(option, raw, source=f"infotext '{key}'")
+        raw = str(params[key])
+        where = f"infotext {key!r}"
+        if len(raw) > MAX_VALUE_CHARS:
+            log.warning("VAE Precision: %s %s is longer than any value VAE Precision writes; not restored",
+                        where, shown(raw))
+            continue
+        value = parse_value(option, _choice_part(raw), where, "not restored")
         if value is not None:
             restored[option] = value
     return restored

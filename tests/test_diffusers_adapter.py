@@ -31,3 +31,11 @@ def test_apply_to_a_bare_vae_with_bad_value_keeps_going(tiny_vae, caplog):
     engine = lib_vaeprec.apply(tiny_vae, dtype="bf17")
     assert engine.options.dtype == "auto" and "bf17" in caplog.text
     lib_vaeprec.remove(tiny_vae)
+
+
+def test_apply_with_an_overflowing_tile_size_warns_and_goes_on(tiny_vae, caplog):
+    for value in (float("inf"), "1e999", 10 ** 400, float("nan")):
+        engine = lib_vaeprec.apply(tiny_vae, tiling="always", tile_size=value)
+        assert engine.options.tile_size == 0 and engine.options.tiling == "always"
+    assert caplog.text.count("tile_size") == 4 and "using 'auto' (the default) instead" in caplog.text
+    lib_vaeprec.remove(tiny_vae)

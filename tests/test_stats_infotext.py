@@ -40,17 +40,25 @@ def test_malformed_values_are_ignored_with_a_warning(caplog):
     assert "bf17" in caplog.text and "sometimes" in caplog.text
 
 
-def test_merge_bad_override_uses_default(caplog):
+def test_merge_bad_override_keeps_the_next_levels_value(caplog):
     with caplog.at_level(logging.WARNING):
-        options = merge(VaeOptions(dtype="fp16"), {"dtype": "bf17", "tile_size": 0, "tiling": "use settings"})
-    assert options.dtype == "auto" and options.tiling == "auto" and options.tile_size == 0
-    assert "bf17" in caplog.text
+        options = merge(VaeOptions(dtype="fp16", tile_size=512), {"dtype": "bf17", "tile_size": "12x",
+                                                                  "tiling": "use settings"},
+                        source="accordion", base_source="the settings")
+    assert options.dtype == "fp16" and options.tiling == "auto" and options.tile_size == 512
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "VAE Precision: accordion dtype 'bf17' is not valid (expected one of host default, auto, bf16, fp16, "
+        "fp32, mixed); using 'fp16' (the settings) instead",
+        "VAE Precision: accordion tile_size '12x' is not valid (expected auto (0) or 64 to 8192 pixels); "
+        "using '512' (the settings) instead"]
+    assert "could not convert" not in caplog.text          # never Python's own message
 
 
 def test_tile_size_zero_means_auto_and_small_is_rejected(caplog):
     assert merge(VaeOptions(), {"tile_size": "0"}).tile_size == 0
     with caplog.at_level(logging.WARNING):
-        assert merge(VaeOptions(tile_size=512), {"tile_size": 3}).tile_size == 0
+        assert merge(VaeOptions(tile_size=512), {"tile_size": 3}).tile_size == 512
     assert "tile_size" in caplog.text
 
 
@@ -123,3 +131,62 @@ def test_the_new_formats_paste_back_as_the_choices():
     assert pasted == {"dtype": "fp16", "tiling": "always", "offload": "keep", "tile_size": 512}
     assert parse_params({"VAE dtype": "fp16 (bf16/fp16)", "VAE tiling": "auto (2 tiles of 64 px after OOM)"}) \
         == {"dtype": "fp16", "tiling": "auto"}
+
+
+# ----- values that overflow or go on and on -----
+
+def _short_id(value):
+    return f"{type(value).__name__}-{value.bit_length() if type(value) is int else str(value)[:8]}"
+
+
+@pytest.mark.parametrize("value", ["inf", "1e999", "nan", "-inf", "9" * 400, float("inf"), float("-inf"), 10 ** 400,
+                                   10 ** 5000, True], ids=_short_id)
+def test_overflowing_tile_sizes_are_bad_values_like_any_other(value, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert merge(VaeOptions(tile_size=256), {"tile_size": value}).tile_size == 256
+    assert len(caplog.records) == 1 and "tile_size" in caplog.text
+    if isinstance(value, str):                      # infotext values are text
+        with caplog.at_level(logging.WARNING):
+            assert parse_params({"VAE tile size": value, "VAE tiling": "always"}) == {"tiling": "always"}
+        assert len(caplog.records) == 2
+
+
+def test_huge_numbers_for_on_off_and_choices_are_bad_values(caplog):
+    with caplog.at_level(logging.WARNING):
+        options = merge(VaeOptions(), {"enabled": 10 ** 5000, "nan_fallback": float("nan"), "dtype": 1e999,
+                                       "offload": float("inf")})
+    assert options == VaeOptions()
+    assert len(caplog.records) == 4
+
+
+def test_tile_size_limits_are_one_set():
+    from lib_vaeprec.hosts.settings import SPECS
+    from lib_vaeprec.options import MAX_TILE_PX, MIN_TILE_PX, TILE_PX_STEP
+    slider = next(spec for spec in SPECS if spec.name == "tile_size").args
+    assert slider["minimum"] == 0 and slider["maximum"] == MAX_TILE_PX and MIN_TILE_PX % slider["step"] == 0
+    assert merge(VaeOptions(), {"tile_size": MIN_TILE_PX}).tile_size == MIN_TILE_PX
+    assert merge(VaeOptions(), {"tile_size": MAX_TILE_PX}).tile_size == MAX_TILE_PX
+    assert merge(VaeOptions(), {"tile_size": 515}).tile_size == 515 - 515 % TILE_PX_STEP
+    assert merge(VaeOptions(), {"tile_size": MAX_TILE_PX + 1}).tile_size == 0
+    assert merge(VaeOptions(), {"tile_size": MIN_TILE_PX - 1}).tile_size == 0
+
+
+def test_overlong_infotext_values_are_refused(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert parse_params({"VAE dtype": "bf16" + "( )" * 13332, "VAE tiling": "off"}) == {"tiling": "off"}
+    assert len(caplog.records) == 1 and "not restored" in caplog.text
+
+
+@pytest.mark.parametrize("value,restored", [
+    ("always (3 tiles of 64 px)", {"tiling": "always"}), ("  always  (x) (y)  ", {"tiling": "always"}),
+    ("(always)", {}), ("always (", {}), ("always)", {})])
+def test_the_detail_in_parentheses_is_dropped(value, restored):
+    assert parse_params({"VAE tiling": value}) == restored
+
+
+def test_strict_parsing_for_callers_that_refuse_bad_input():
+    from lib_vaeprec.options import BadValue, parse_strict
+    assert parse_strict("tile_size", "512px") == 512
+    for value in ("inf", "1e999", 10 ** 400, "12x", 32):
+        with pytest.raises(BadValue, match="expected auto"):
+            parse_strict("tile_size", value)

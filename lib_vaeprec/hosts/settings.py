@@ -6,13 +6,12 @@ reading `shared.opts` in `process` sees them.
 """
 from dataclasses import dataclass, field
 
-from ..options import DEFAULTS, OFFLOAD_CHOICES, TILING_CHOICES, merge
+from ..options import DEFAULTS, MAX_TILE_PX, OFFLOAD_CHOICES, TILING_CHOICES, merge
 from ..policy import CHOICES as DTYPE_CHOICES
 
 SECTION = ("vae_precision", "VAE Precision")
 CATEGORY = "sd"              # listed next to the web UI's own "VAE" section (A1111 1.7+ settings categories)
 PREFIX = "vae_precision_"
-TILE_SIZE_MAX = 4096
 
 
 def key(name):
@@ -44,7 +43,7 @@ SPECS = (
     Spec("tiling", DEFAULTS.tiling, "Tiled VAE", "Radio", {"choices": list(TILING_CHOICES)},
          info="auto: tile when the image would not fit free memory, or after running out of memory"),
     Spec("tile_size", DEFAULTS.tile_size, "Tile size (pixels)", "Slider",
-         {"minimum": 0, "maximum": TILE_SIZE_MAX, "step": 64},
+         {"minimum": 0, "maximum": MAX_TILE_PX, "step": 64},
          info="0 = sized from free memory"),
     Spec("offload", OFFLOAD_CHOICES[DEFAULTS.offload], "VAE weights", "Dropdown",
          {"choices": list(OFFLOAD_CHOICES.values())},
@@ -92,18 +91,28 @@ def _option_info(shared, spec, component):
         return shared.OptionInfo(spec.default, spec.label, component, dict(spec.args), section=SECTION)
 
 
-def read(opts=None):
-    """VaeOptions from the settings; a bad stored value is warned about and replaced by its default."""
+def read(opts=None, stored=None, overridden=()):
+    """VaeOptions from the settings; a bad stored value is warned about and replaced by its default.
+
+    With `stored` (the stored settings, read before the web UI applied a request's override_settings), only
+    the keys in `overridden` are read from `opts`, where the web UI put the request's values; a bad one is
+    replaced by its stored setting, the next level down."""
     if opts is None:
         from modules import shared
         opts = shared.opts
-    options = DEFAULTS
-    for spec in SPECS:
-        value = getattr(opts, spec.key, spec.default)
-        options = merge(options, {spec.name: value}, source=f"setting {spec.key}")
-    return options
+    names = {spec.name: spec.key for spec in SPECS}
+    if stored is None:
+        values = {spec.name: getattr(opts, spec.key, spec.default) for spec in SPECS}
+        return merge(DEFAULTS, values, source="setting", base_source="the default", names=names)
+    values = {spec.name: getattr(opts, spec.key, spec.default) for spec in SPECS if spec.key in overridden}
+    return merge(stored, values, source="override_settings", base_source="the stored setting", names=names)
+
+
+def overridden_keys(override_settings):
+    """Our keys among a request's override_settings."""
+    return {k for k in (override_settings or {}) if str(k).startswith(PREFIX)}
 
 
 def touched_by(override_settings):
     """Whether a request's override_settings change any of our settings."""
-    return any(str(k).startswith(PREFIX) for k in (override_settings or {}))
+    return bool(overridden_keys(override_settings))

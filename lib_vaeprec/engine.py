@@ -140,7 +140,7 @@ class VaeEngine:
 
     # ----- running -----
     def precision_for(self, device):
-        return policy.resolve(self.options.dtype, caps_of(device), self.fp16_safe)
+        return policy.resolve(self.options.dtype, caps_of(device), self.fp16_safe, self.options.avoid_emulated)
 
     def _host_dtype(self):
         return dtypes.of_module(self.module, torch.float32)
@@ -175,7 +175,8 @@ class VaeEngine:
         precision = self.precision_for(device)
         if precision is not None and precision.warning:
             warn_once(precision.warning)
-        stats = CallStats(kind=kind, samples=x.shape[0], device=device.type)
+        stats = CallStats(kind=kind, samples=x.shape[0], device=device.type,
+                          emulated=precision.emulated if precision is not None else "")
         try:
             # Autocast off where we chose the dtype: a host's autocast region (A1111's and sgm's
             # decode_first_stage can open one) would otherwise override it. Under "host default" the host's

@@ -52,9 +52,11 @@ def format_params(options, gen: GenerationStats):
 
 
 def _dtype(options, gen):
-    """`auto (bf16)`; `fp16 (bf16)` after every image was redone in bf16."""
+    """`fp16 (bf16)` after every image was redone in bf16, `auto (bf16)`, `fp16 (fp32 as cpu emulates fp16)`."""
     used = "/".join(gen.dtypes())
     detail = used if used != options.dtype else ""
+    for forced, device in gen.emulated():
+        detail += f" as {device} emulates {forced}"
     return f"{options.dtype} ({detail})" if detail else options.dtype
 
 

@@ -28,6 +28,7 @@ TILE_PX_STEP = 8            # one latent pixel
 class VaeOptions:
     enabled: bool = True
     dtype: str = "auto"
+    avoid_emulated: bool = True # a forced bf16/fp16 the device only emulates runs as fp32 (policy.resolve)
     nan_fallback: bool = True
     tiling: str = "auto"
     tile_size: int = 0          # pixels; 0 = sized from free memory
@@ -106,6 +107,7 @@ _BOOL = "on or off"
 PARSERS = {
     "enabled": (_bool, _BOOL),
     "dtype": (_choice(DTYPE_CHOICES), "one of " + ", ".join(DTYPE_CHOICES)),
+    "avoid_emulated": (_bool, _BOOL),
     "nan_fallback": (_bool, _BOOL),
     "tiling": (_choice(TILING_CHOICES), "one of " + ", ".join(TILING_CHOICES)),
     "tile_size": (_tile_size, f"auto (0) or {MIN_TILE_PX} to {MAX_TILE_PX} pixels"),

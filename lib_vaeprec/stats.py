@@ -22,6 +22,7 @@ class CallStats:
     ram_bytes: int = None              # process resident memory after the call
     samples: int = 0
     device: str = ""                   # type of the device the call ran on ("cuda", "cpu", ...)
+    emulated: str = ""                 # a forced dtype the device only emulates, run as `dtype` instead
     tiles: int = 0                     # pieces of the most finely split stage (0: untiled; 1: not split)
     tile_px: int = 0
     tiled_after_oom: bool = False
@@ -103,6 +104,10 @@ class GenerationStats:
 
     def devices(self):
         return sorted({c.device for c in self.calls if c.device})
+
+    def emulated(self):
+        """(forced dtype, device) pairs where a dtype the device only emulates was run as another."""
+        return sorted({(c.emulated, c.device) for c in self.calls if c.emulated})
 
     def tiles(self):
         """Tiles of the calls that were split: a tiled call that fitted in one piece was not."""

@@ -17,7 +17,7 @@ def test_apply_and_remove_on_a_pipeline(tiny_vae):
     pipe = TinyPipeline(tiny_vae)
     before = snapshot(tiny_vae)
     calls = []
-    engine = lib_vaeprec.apply(pipe, dtype="bf16", tiling="off", on_call=calls.append)
+    engine = lib_vaeprec.apply(pipe, dtype="bf16", avoid_emulated=False, tiling="off", on_call=calls.append)
     with torch.no_grad():
         image = pipe.vae.decode(torch.randn(1, 4, 8, 8)).sample
     assert image.dtype == torch.float32 and calls[0].dtype == "bf16"

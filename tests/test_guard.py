@@ -28,7 +28,7 @@ def test_only_the_failing_sample_is_redone():
         plain_fp16 = vae.to(torch.float16).decode(z.half()).sample.float()
         vae.float()
         assert torch.isfinite(plain_fp16[0]).all() and not torch.isfinite(plain_fp16[1]).all()
-        engine = VaeEngine(vae, VaeOptions(dtype="fp16", tiling="off")).attach()
+        engine = VaeEngine(vae, VaeOptions(dtype="fp16", avoid_emulated=False, tiling="off")).attach()
         image = vae.decode(z).sample
     stats = engine.last_call
     assert torch.isfinite(image).all()
@@ -54,7 +54,7 @@ def test_auto_learns_that_the_vae_overflows_fp16():
 
 def test_guard_off_leaves_the_nans():
     vae = overflowing_vae()
-    VaeEngine(vae, VaeOptions(dtype="fp16", tiling="off", nan_fallback=False)).attach()
+    VaeEngine(vae, VaeOptions(dtype="fp16", avoid_emulated=False, tiling="off", nan_fallback=False)).attach()
     with torch.no_grad():
         image = vae.decode(batch()).sample
     assert not torch.isfinite(image[1]).all()
@@ -65,7 +65,7 @@ def test_the_infotext_names_the_dtype_that_made_the_pixels():
     from lib_vaeprec.infotext import format_params
     from lib_vaeprec.stats import GenerationStats
     vae = overflowing_vae()
-    engine = VaeEngine(vae, VaeOptions(dtype="fp16", tiling="off")).attach()
+    engine = VaeEngine(vae, VaeOptions(dtype="fp16", avoid_emulated=False, tiling="off")).attach()
     gen = GenerationStats()
     engine.on_call = gen.add
     with torch.no_grad():

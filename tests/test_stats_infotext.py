@@ -92,6 +92,11 @@ def test_dtype_names_the_dtypes_that_made_the_pixels(fallbacks, written):
     assert format_params(VaeOptions(dtype="fp16"), gen)["VAE dtype"] == written
 
 
+def test_dtype_says_when_an_emulated_dtype_was_avoided():
+    gen = _one_call(dtype="fp32", device="cpu", emulated="fp16")
+    assert format_params(VaeOptions(dtype="fp16"), gen)["VAE dtype"] == "fp16 (fp32 as cpu emulates fp16)"
+
+
 @pytest.mark.parametrize("offload,devices,written", [
     ("keep", ["cpu"], "keep on GPU (ran on cpu)"),
     ("keep", ["cuda"], "keep on GPU"),
@@ -126,7 +131,7 @@ def test_a_small_image_fits_one_tile_and_says_so(small_vae):
 
 
 def test_the_new_formats_paste_back_as_the_choices():
-    pasted = parse_params({"VAE dtype": "fp16 (bf16)", "VAE tiling": "always",
+    pasted = parse_params({"VAE dtype": "fp16 (fp32 as cpu emulates fp16)", "VAE tiling": "always",
                            "VAE offload": "keep on GPU (ran on cpu/cuda)", "VAE tile size": "512"})
     assert pasted == {"dtype": "fp16", "tiling": "always", "offload": "keep", "tile_size": 512}
     assert parse_params({"VAE dtype": "fp16 (bf16/fp16)", "VAE tiling": "auto (2 tiles of 64 px after OOM)"}) \

@@ -23,7 +23,7 @@ def _vae_of(target):
 def apply(target, on_call=None, **options):
     """Attaches (or reconfigures) VAE Precision on `target`; keyword arguments are VaeOptions fields."""
     vae = _vae_of(target)
-    chosen = merge(DEFAULTS, options, source="lib_vaeprec.apply")
+    chosen = merge(DEFAULTS, options, source="lib_vaeprec.apply argument")
     engine = engine_of(vae)
     if engine is None:
         engine = VaeEngine(vae, chosen, on_call=on_call).attach()

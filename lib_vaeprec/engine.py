@@ -159,7 +159,7 @@ class VaeEngine:
 
     # ----- running -----
     def precision_for(self, device):
-        return policy.resolve(self.options.dtype, caps_of(device), self.fp16_safe)
+        return policy.resolve(self.options.dtype, caps_of(device), self.fp16_safe, self.options.avoid_emulated)
 
     def _host_dtype(self):
         return dtypes.of_module(self.module, torch.float32)
@@ -210,7 +210,8 @@ class VaeEngine:
         precision = self.precision_for(device)
         if precision is not None and precision.warning:
             warn_once(precision.warning)
-        stats = CallStats(kind=kind, samples=x.shape[0], device=device.type)
+        stats = CallStats(kind=kind, samples=x.shape[0], device=device.type,
+                          emulated=precision.emulated if precision is not None else "")
         bad_input = guard.nonfinite_samples(x)
         if len(bad_input):
             stats.nonfinite_input = len(bad_input)
@@ -218,14 +219,15 @@ class VaeEngine:
                         "sampler or the image given): left as they are, not redone", len(bad_input), x.shape[0],
                         kind)
         try:
-            # Autocast off: a host's autocast region (sgm's decode_first_stage can open one) would
-            # otherwise override the dtype chosen here.
-            with torch.no_grad(), _autocast_off(device), _cudnn_benchmark(opts.cudnn_benchmark), \
-                    measure(stats, device):
+            # Autocast off where we chose the dtype: a host's autocast region (A1111's and sgm's
+            # decode_first_stage can open one) would otherwise override it. Under "host default" the host's
+            # region stays: its pixels are the host's own.
+            own_dtype = _autocast_off(device) if precision is not None else contextlib.nullcontext()
+            with torch.no_grad(), own_dtype, _cudnn_benchmark(opts.cudnn_benchmark), measure(stats, device):
                 self.offloader.before_call(self.module, device)
                 dtype = self._prepare_weights(precision)
                 stats.dtype = dtype_label(precision) if precision else dtypes.name_of(dtype)
-                x_in = self._apply_speed_options(x.to(device, dtype), device)
+                x_in = self._apply_speed_options(x.to(device, dtype), device, host_arithmetic=precision is None)
                 result = self._run_sized(kind, original, x_in, args, kwargs, stats)
                 result = outputs.to_float32(result)
                 result = self._check_finite(kind, original, x, args, kwargs, device, dtype, result, stats,
@@ -258,15 +260,17 @@ class VaeEngine:
             result = outputs.to_float32(original(x, *args, **kwargs))
         return result, stats
 
-    def _apply_speed_options(self, x, device):
+    def _apply_speed_options(self, x, device, host_arithmetic=False):
         if self.options.channels_last:
             to_memory_format(self.module, channels_last=True)
             x = x.contiguous(memory_format=torch.channels_last)
         compiled = self.options.compile and device.type == "cuda"
-        # Under torch.compile the compiler's own code for these layers measured faster: eager only.
+        # Under torch.compile the compiler's own code for these layers measured faster: eager only. They
+        # round differently, and "host default" promises the web UI's own pixels: not there either.
+        leaner = not compiled and not host_arithmetic
         _toggle(self._compiled, compiled, self.module)
-        _toggle(self._fused, self.options.fused_upsample and not compiled, self.module)
-        _toggle(self._fast_norms, self.options.fast_groupnorm and not compiled, self.module)
+        _toggle(self._fused, self.options.fused_upsample and leaner, self.module)
+        _toggle(self._fast_norms, self.options.fast_groupnorm and leaner, self.module)
         _toggle(self._banded, self.options.low_memory and not compiled, self.module)
         return x
 
@@ -276,9 +280,9 @@ class VaeEngine:
             return "plain"
         if self.options.low_memory and device.type == "cuda":
             return "low_memory"
-        if not self.options.fused_upsample:
+        if not self._fused.installed:
             return "plain"
-        return "fast" if self.options.fast_groupnorm and device.type in fast_groupnorm.DEVICE_TYPES else "fused"
+        return "fast" if self._fast_norms.installed and device.type in fast_groupnorm.DEVICE_TYPES else "fused"
 
     def _run_sized(self, kind, original, x, args, kwargs, stats):
         """The call in the memory there is, down a ladder of rungs (`_rungs`), each slower and leaner than
@@ -389,8 +393,9 @@ class VaeEngine:
                 safer = torch.float32
             self._mixed.remove()
             self.caster.cast(safer)
-            redo = outputs.to_float32(self._run_sized(kind, original, x[bad.to(x.device)].to(device, safer),
-                                                      args, kwargs, stats))
+            with _autocast_off(device):     # a host's autocast region would keep the unsafe dtype
+                redo = outputs.to_float32(self._run_sized(kind, original, x[bad.to(x.device)].to(device, safer),
+                                                          args, kwargs, stats))
             stats.fallbacks.append(guard.Fallback(current, safer, len(bad), x.shape[0]))
             result = outputs.replace_samples(result, bad.to(outputs.main_tensor(result).device), redo)
             bad = bad[guard.nonfinite_samples(outputs.main_tensor(redo))]

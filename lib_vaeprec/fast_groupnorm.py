@@ -43,6 +43,10 @@ class FastGroupNorms:
                 # downsamplers break the chain and each level paid the copy again (docs/benchmarks.md).
                 self._installed.set(sub, lambda eager, norm=sub: _forward_of(norm, eager, norm in in_decoder))
 
+    @property
+    def installed(self):
+        return bool(self._installed)
+
     def remove(self):
         self._installed.restore_all()
 

@@ -38,6 +38,9 @@ class Installed:
     def __contains__(self, module):
         return module in self._previous
 
+    def __bool__(self):
+        return bool(self._previous)
+
     def set(self, module, make_forward):
         """Installs `make_forward(current forward)` once per module."""
         if module not in self._previous:

@@ -7,7 +7,8 @@ output pixel and input channel. Each output pixel of that pair depends on only a
 `conv_transpose2d(x, K, stride=2, padding=1)` with a 4x4 kernel K built from the 3x3 one:
 2.25x fewer multiply-adds, and no upsampled copy of the input in memory. Measured on the H100
 (docs/benchmarks.md): 16% less peak memory in eager bf16 at 1024², and faster; under torch.compile
-it is slower than what the compiler makes of the pair, so it is used only when not compiling.
+it is slower than what the compiler makes of the pair, so it is used only when not compiling. It is
+used only for 16-bit maps on CUDA, where it was measured (see DEVICE_TYPES).
 
 Along one axis (output 2j from inputs j-1, j; output 2j+1 from inputs j, j+1):
     y[2j]   = w0*x[j-1] + (w1+w2)*x[j]        ->  K[3] = w0, K[1] = w1+w2
@@ -22,6 +23,11 @@ from . import forward_override
 from .casting import version_of
 from .plain_layers import runs_plain
 
+# Where it was measured to pay: eager bf16 on CUDA (docs/benchmarks.md; fp16 takes the same kernels). It sums
+# kernel taps, so results differ from the plain pair by rounding: elsewhere (float32, the CPU) the plain
+# pair runs, and an fp32 decode is the plain VAE's bit for bit.
+DEVICE_TYPES = ("cuda",)
+DTYPES = (torch.float16, torch.bfloat16)
 # TAPS[k, i] = 1 where tap i of the 3x3 kernel contributes to tap k of the 4x4 transposed kernel.
 _TAPS = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.float32)
 
@@ -41,10 +47,11 @@ def upsample_conv(x, conv, kernel):
 def fusable(x, conv):
     """Whether the fused path computes what the upsampler's own forward would, here and now.
 
-    Weights on another device than x: sequential offload uploads them in the conv's own forward hooks,
-    which the fused path would skip. Another dtype, or a host conv that casts or patches: its forward
-    does more than F.conv2d."""
-    return (x.dtype == conv.weight.dtype and x.device == conv.weight.device
+    Only for 16-bit maps on DEVICE_TYPES (see there). Weights on another device than x: sequential offload
+    uploads them in the conv's own forward hooks, which the fused path would skip. Another dtype, or a host
+    conv that casts or patches: its forward does more than F.conv2d."""
+    return (x.device.type in DEVICE_TYPES and x.dtype in DTYPES
+            and x.dtype == conv.weight.dtype and x.device == conv.weight.device
             and runs_plain(conv) and _is_3x3_same(conv) and not _too_large(x, conv))
 
 
@@ -116,6 +123,10 @@ class FusedUpsamplers:
     def forget_kernels(self):
         """Drops the derived kernels (when the weights leave the GPU between calls)."""
         self._kernels.clear()
+
+    @property
+    def installed(self):
+        return bool(self._installed)
 
     def remove(self):
         self._installed.restore_all()

@@ -1,9 +1,8 @@
 """The VAE part of an image's generation parameters: written from a generation's stats, read back
 into the choices that made it (dtype, tiling, tile size, offload), never into the measurements."""
 import logging
-import re
 
-from .options import OFFLOAD_CHOICES, parse_value
+from .options import OFFLOAD_CHOICES, parse_value, shown
 from .stats import GenerationStats
 
 log = logging.getLogger("vae_precision")
@@ -17,6 +16,7 @@ KEY_TILING = "VAE tiling"
 KEY_TILE_SIZE = "VAE tile size"
 KEY_OFFLOAD = "VAE offload"
 KEY_FALLBACK = "VAE fallback"
+KEY_NONFINITE = "VAE non-finite"
 # infotext key -> option it restores
 RESTORES = {KEY_DTYPE: "dtype", KEY_TILING: "tiling", KEY_TILE_SIZE: "tile_size", KEY_OFFLOAD: "offload"}
 
@@ -26,11 +26,11 @@ def _gib(num_bytes):
 
 
 def format_params(options, gen: GenerationStats):
-    """Infotext pairs for one generation; empty when nothing ran."""
+    """Infotext pairs for one generation; empty when nothing ran. Each field is the choice (what pasting
+    restores), then in parentheses what actually ran where it differs."""
     if not gen.calls:
         return {}
-    used = "/".join(gen.dtypes())
-    params = {KEY_DTYPE: options.dtype if used == options.dtype else f"{options.dtype} ({used})"}
+    params = {KEY_DTYPE: _dtype(options, gen)}
     for key, kind in ((KEY_DECODE, "decode"), (KEY_ENCODE, "encode")):
         if gen.of_kind(kind):
             params[key] = f"{gen.seconds(kind):.2f} s"
@@ -41,28 +41,74 @@ def format_params(options, gen: GenerationStats):
     tiling = options.tiling
     if gen.tiles():
         how = " after OOM" if gen.tiled_after_oom() else ""
-        tiling += f" ({gen.tiles()} tiles of {gen.tile_px()} px{how})"
+        tiling += f" ({gen.tiles()} tiles of {gen.tile_px()} px{how})"     # split calls: 2 or more
     params[KEY_TILING] = tiling
     if options.tile_size:
         params[KEY_TILE_SIZE] = str(options.tile_size)
-    params[KEY_OFFLOAD] = OFFLOAD_CHOICES[options.offload]
+    params[KEY_OFFLOAD] = _offload(options, gen)
     fallbacks = gen.fallbacks()
     if fallbacks:
         params[KEY_FALLBACK] = "; ".join(str(f) for f in fallbacks)
+    nonfinite = _nonfinite(gen)
+    if nonfinite:
+        params[KEY_NONFINITE] = nonfinite
     return params
 
 
-_DETAIL = re.compile(r"\s*\(.*\)\s*$")
+def _nonfinite(gen):
+    """`1 of 4` images still NaN/Inf after every fallback; `1 of 4 in the latent` for those that came to the
+    VAE so (the sampler's doing, not redone)."""
+    left, given, total = gen.nonfinite()
+    parts = ([f"{left} of {total}"] if left else []) + ([f"{given} of {total} in the latent"] if given else [])
+    return ", ".join(parts)
+
+
+def _dtype(options, gen):
+    """`fp16 (bf16)` after every image was redone in bf16, `auto (bf16)`, `fp16 (fp32 as cpu emulates fp16)`."""
+    used = "/".join(gen.dtypes())
+    detail = used if used != options.dtype else ""
+    for forced, device in gen.emulated():
+        detail += f" as {device} emulates {forced}"
+    return f"{options.dtype} ({detail})" if detail else options.dtype
+
+
+def _offload(options, gen):
+    """The choice, and the device the calls ran on when it was the CPU although the choice is a GPU one
+    (a host running on the CPU, or one that keeps its VAE there)."""
+    label = OFFLOAD_CHOICES[options.offload]
+    devices = gen.devices()
+    if options.offload != "cpu" and "cpu" in devices:
+        label += f" (ran on {'/'.join(devices)}{' after OOM' if gen.on_cpu_after_oom() else ''})"
+    return label
+
+
+# Longer than any value format_params writes, with room to spare; a longer one is not ours to parse.
+MAX_VALUE_CHARS = 200
+
+
+def _choice_part(text):
+    """The value before its "(...)" detail, in one pass (a regex with `.*` rescanned from every "(")."""
+    text = text.strip()
+    start = text.find("(")
+    if start >= 0 and text.endswith(")"):
+        text = text[:start].rstrip()
+    return text
 
 
 def parse_params(params):
-    """{option: value} restored from infotext pairs; malformed values are skipped with a warning."""
+    """{option: value} restored from infotext pairs; malformed or overlong values are left out with one
+    warning each."""
     restored = {}
     for key, option in RESTORES.items():
         if key not in params:
             continue
-        raw = _DETAIL.sub("", str(params[key]))
-        value = parse_value(option, raw, source=f"infotext '{key}'")
+        raw = str(params[key])
+        where = f"infotext {key!r}"
+        if len(raw) > MAX_VALUE_CHARS:
+            log.warning("VAE Precision: %s %s is longer than any value VAE Precision writes; not restored",
+                        where, shown(raw))
+            continue
+        value = parse_value(option, _choice_part(raw), where, "not restored")
         if value is not None:
             restored[option] = value
     return restored

@@ -19,6 +19,7 @@ class Precision:
     mixed: bool = False     # normalisation layers and the output conv kept in fp32
     reason: str = ""
     warning: str = ""       # set when the user forced something the device runs slowly
+    emulated: str = ""      # the forced choice the device only emulates, run as `dtype` instead
 
 
 def _fast(caps, dtype):
@@ -37,8 +38,13 @@ def _auto(caps: DeviceCaps, fp16_safe: bool):
     return torch.float32, f"{caps.kind} has no native bf16/fp16"
 
 
-def resolve(choice: str, caps: DeviceCaps, fp16_safe: bool = True):
-    """Returns the Precision for `choice` on a device with `caps`, or None for "host default"."""
+def resolve(choice: str, caps: DeviceCaps, fp16_safe: bool = True, avoid_emulated: bool = True):
+    """Returns the Precision for `choice` on a device with `caps`, or None for "host default".
+
+    A forced bf16/fp16 that the device only emulates (orders of magnitude slower: a 64x64 fp16 decode took
+    35-103 s on a CPU without native fp16, fp32 under 1 s) runs as fp32 unless `avoid_emulated` is off:
+    fp32 holds every bf16 and fp16 value exactly, so its images are the nearest to the forced dtype's, and
+    every device runs it natively."""
     if choice == HOST_DEFAULT:
         return None
     if choice == "auto":
@@ -50,8 +56,14 @@ def resolve(choice: str, caps: DeviceCaps, fp16_safe: bool = True):
             return Precision(choice, dtype, reason=reason + ": mixed runs as fp32")
         return Precision(choice, dtype, mixed=True, reason="norms and output conv in fp32")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
-    warning = ""
-    if not _fast(caps, dtype):
-        warning = (f"{choice} was forced on {caps.name or caps.kind}, which has no native {choice}: "
-                   f"it will run much slower than fp32 (use 'auto' to let the device decide)")
-    return Precision(choice, dtype, reason="forced", warning=warning)
+    if _fast(caps, dtype):
+        return Precision(choice, dtype, reason="forced")
+    device = caps.name or caps.kind
+    if avoid_emulated:
+        return Precision(choice, torch.float32, reason=f"{device} only emulates {choice}", emulated=choice,
+                         warning=f"{choice} was chosen, but {device} has no native {choice} and would run it orders "
+                                 f"of magnitude slower: running fp32 instead (turn off 'Avoid emulated dtypes', "
+                                 f"avoid_emulated, to force {choice})")
+    return Precision(choice, dtype, reason="forced",
+                     warning=f"{choice} was forced on {device}, which has no native {choice}: it will run much "
+                             f"slower than fp32 (use 'auto' to let the device decide)")

@@ -21,10 +21,11 @@ class CallStats:
     peak_bytes: int = None             # peak accelerator memory above the level before the call
     ram_bytes: int = None              # process resident memory after the call
     samples: int = 0
-    tiles: int = 0                     # bands of the most finely split stage; 0 = untiled
+    device: str = ""                   # type of the device the pixels were computed on ("cuda", "cpu", ...)
+    emulated: str = ""                 # a forced dtype the device only emulates, run as `dtype` instead
+    tiles: int = 0                     # bands of the most finely split stage (0: untiled; 1: not split)
     tile_px: int = 0
     rungs_failed: list = field(default_factory=list)   # memory rungs that ran out of memory before the one that ran
-    device: str = ""                   # device type the pixels were computed on ("cuda", "cpu", ...)
     host_peak_bytes: int = None        # host memory a tiled call kept its maps in
     fallbacks: list = field(default_factory=list)   # guard.Fallback entries
     nonfinite_left: int = 0            # samples still non-finite after every fallback
@@ -33,6 +34,23 @@ class CallStats:
     @property
     def tiled_after_oom(self):
         return bool(self.rungs_failed) and self.tiles > 0
+
+    def pixel_dtypes(self):
+        """The dtypes whose results are in the output: the call's own, unless the fallbacks redid every
+        sample, and each fallback's dtype that kept some of what it redid."""
+        produced, name = set(), self.dtype
+        left = self.fallbacks[0].total if self.fallbacks else 1
+        for fallback in self.fallbacks:
+            if fallback.failed < left:
+                produced.add(name)
+            name, left = name_of(fallback.to_dtype), fallback.failed
+        if left:
+            produced.add(name)
+        return produced - {""}
+
+    @property
+    def split(self):
+        return self.tiles > 1
 
 
 def _sync(device):
@@ -87,20 +105,37 @@ class GenerationStats:
         return max(rams) if rams else None
 
     def dtypes(self):
-        return sorted({c.dtype for c in self.calls if c.dtype})
+        """The dtypes that made the results (after any NaN fallback), sorted."""
+        return sorted(set().union(*(c.pixel_dtypes() for c in self.calls)))
+
+    def devices(self):
+        return sorted({c.device for c in self.calls if c.device})
+
+    def emulated(self):
+        """(forced dtype, device) pairs where a dtype the device only emulates was run as another."""
+        return sorted({(c.emulated, c.device) for c in self.calls if c.emulated})
 
     def tiles(self):
-        return sum(c.tiles for c in self.calls)
+        """Tiles of the calls that were split: a tiled call that fitted in one piece was not."""
+        return sum(c.tiles for c in self.calls if c.split)
 
     def tile_px(self):
-        sizes = [c.tile_px for c in self.calls if c.tiles]
+        sizes = [c.tile_px for c in self.calls if c.split]
         return max(sizes) if sizes else 0
 
     def tiled_after_oom(self):
-        return any(c.tiled_after_oom for c in self.calls)
+        return any(c.tiled_after_oom for c in self.calls if c.split)
+
+    def on_cpu_after_oom(self):
+        return any(c.rungs_failed and c.device == "cpu" for c in self.calls)
 
     def fallbacks(self):
         return [f for c in self.calls for f in c.fallbacks]
+
+    def nonfinite(self):
+        """(images still NaN/Inf after the fallbacks, images whose input already was, images) over the calls."""
+        return (sum(c.nonfinite_left for c in self.calls), sum(c.nonfinite_input for c in self.calls),
+                sum(c.samples for c in self.calls))
 
 
 def dtype_label(precision):

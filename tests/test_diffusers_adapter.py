@@ -17,7 +17,7 @@ def test_apply_and_remove_on_a_pipeline(tiny_vae):
     pipe = TinyPipeline(tiny_vae)
     before = snapshot(tiny_vae)
     calls = []
-    engine = lib_vaeprec.apply(pipe, dtype="bf16", tiling="off", on_call=calls.append)
+    engine = lib_vaeprec.apply(pipe, dtype="bf16", avoid_emulated=False, tiling="off", on_call=calls.append)
     with torch.no_grad():
         image = pipe.vae.decode(torch.randn(1, 4, 8, 8)).sample
     assert image.dtype == torch.float32 and calls[0].dtype == "bf16"
@@ -30,4 +30,12 @@ def test_apply_and_remove_on_a_pipeline(tiny_vae):
 def test_apply_to_a_bare_vae_with_bad_value_keeps_going(tiny_vae, caplog):
     engine = lib_vaeprec.apply(tiny_vae, dtype="bf17")
     assert engine.options.dtype == "auto" and "bf17" in caplog.text
+    lib_vaeprec.remove(tiny_vae)
+
+
+def test_apply_with_an_overflowing_tile_size_warns_and_goes_on(tiny_vae, caplog):
+    for value in (float("inf"), "1e999", 10 ** 400, float("nan")):
+        engine = lib_vaeprec.apply(tiny_vae, tiling="always", tile_size=value)
+        assert engine.options.tile_size == 0 and engine.options.tiling == "always"
+    assert caplog.text.count("tile_size") == 4 and "using 'auto' (the default) instead" in caplog.text
     lib_vaeprec.remove(tiny_vae)

@@ -12,7 +12,7 @@ def latents(batch=2, size=8, seed=1):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32", "mixed"])
 def test_decode_and_encode_return_fp32(tiny_vae, dtype):
-    engine = VaeEngine(tiny_vae, VaeOptions(dtype=dtype, tiling="off")).attach()
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype=dtype, tiling="off", avoid_emulated=False)).attach()
     with torch.no_grad():
         image = tiny_vae.decode(latents()).sample
         posterior = tiny_vae.encode(image).latent_dist
@@ -21,7 +21,7 @@ def test_decode_and_encode_return_fp32(tiny_vae, dtype):
 
 
 def test_bf16_weights_are_stored_in_bf16(tiny_vae):
-    VaeEngine(tiny_vae, VaeOptions(dtype="bf16")).attach()
+    VaeEngine(tiny_vae, VaeOptions(dtype="bf16", avoid_emulated=False)).attach()
     with torch.no_grad():
         tiny_vae.decode(latents())
     assert tiny_vae.decoder.conv_in.weight.dtype == torch.bfloat16
@@ -29,7 +29,7 @@ def test_bf16_weights_are_stored_in_bf16(tiny_vae):
 
 def test_detach_restores_module_bitwise(tiny_vae):
     before = snapshot(tiny_vae)
-    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16")).attach()
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16", avoid_emulated=False)).attach()
     with torch.no_grad():
         tiny_vae.decode(latents())
     engine.detach()
@@ -46,7 +46,7 @@ def test_host_wrapper_on_the_instance_is_chained_and_put_back(tiny_vae):
         calls.append(z.dtype)
         return host_decode(z, *a, **k)
     tiny_vae.decode = host_wrapper
-    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16")).attach()
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16", avoid_emulated=False)).attach()
     with torch.no_grad():
         tiny_vae.decode(latents())
     assert calls == [torch.bfloat16]
@@ -56,7 +56,7 @@ def test_host_wrapper_on_the_instance_is_chained_and_put_back(tiny_vae):
 
 def test_disabled_engine_passes_through_untouched(tiny_vae):
     before = snapshot(tiny_vae)
-    VaeEngine(tiny_vae, VaeOptions(enabled=False, dtype="bf16")).attach()
+    VaeEngine(tiny_vae, VaeOptions(enabled=False, dtype="bf16", avoid_emulated=False)).attach()
     with torch.no_grad():
         image = tiny_vae.decode(latents()).sample
     assert image.dtype == torch.float32
@@ -75,7 +75,7 @@ def test_host_default_touches_no_weight(tiny_vae):
 
 def test_exception_inside_decode_leaves_a_consistent_engine(tiny_vae):
     before = snapshot(tiny_vae)
-    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16")).attach()
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16", avoid_emulated=False)).attach()
 
     def boom(module, args):
         raise RuntimeError("cancelled")
@@ -102,7 +102,7 @@ def test_mixed_is_closer_to_fp32_than_bf16():
         reference = vae.decode(z).sample
         scores = {}
         for dtype in ("bf16", "mixed"):
-            engine = VaeEngine(vae, VaeOptions(dtype=dtype, tiling="off")).attach()
+            engine = VaeEngine(vae, VaeOptions(dtype=dtype, tiling="off", avoid_emulated=False)).attach()
             scores[dtype] = psnr(vae.decode(z).sample, reference)
             engine.detach()
     assert abs(scores["mixed"] - scores["bf16"]) < 0.5
@@ -110,7 +110,7 @@ def test_mixed_is_closer_to_fp32_than_bf16():
 
 
 def test_set_options_applies_at_next_call(tiny_vae):
-    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16")).attach()
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16", avoid_emulated=False)).attach()
     with torch.no_grad():
         tiny_vae.decode(latents())
         engine.set_options(VaeOptions(dtype="fp32"))
@@ -120,14 +120,14 @@ def test_set_options_applies_at_next_call(tiny_vae):
 
 
 def test_forward_goes_through_the_engine(tiny_vae):
-    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16")).attach()
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16", avoid_emulated=False)).attach()
     with torch.no_grad():
         out = tiny_vae(torch.rand(1, 3, 32, 32) * 2 - 1).sample
     assert out.dtype == torch.float32 and engine.last_call.kind == "decode"
 
 
 def test_detach_under_a_later_wrapper_leaves_it_and_passes_through(tiny_vae):
-    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16")).attach()
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16", avoid_emulated=False)).attach()
     ours = tiny_vae.decode
     seen = []
 
@@ -155,7 +155,7 @@ def test_inference_mode_weights_cast_and_restore(tiny_vae):
         from conftest import make_vae
         vae = make_vae()
     before = snapshot(vae)
-    engine = VaeEngine(vae, VaeOptions(dtype="bf16")).attach()
+    engine = VaeEngine(vae, VaeOptions(dtype="bf16", avoid_emulated=False)).attach()
     with torch.inference_mode():
         vae.decode(latents())
     engine.detach()
@@ -165,7 +165,8 @@ def test_inference_mode_weights_cast_and_restore(tiny_vae):
 def test_cast_tiling_and_detach_inside_inference_mode(tiny_vae):
     """Forge decodes and encodes inside torch.inference_mode(); the weights' originals survive it."""
     before = snapshot(tiny_vae)
-    engine = VaeEngine(tiny_vae, VaeOptions(dtype="bf16", tiling="always", tile_size=64)).attach()
+    options = VaeOptions(dtype="bf16", avoid_emulated=False, tiling="always", tile_size=64)
+    engine = VaeEngine(tiny_vae, options).attach()
     with torch.inference_mode():
         image = tiny_vae.decode(latents()).sample
         latent = tiny_vae.encode(image).latent_dist.mean

@@ -28,8 +28,7 @@ def test_only_the_failing_sample_is_redone():
         plain_fp16 = vae.to(torch.float16).decode(z.half()).sample.float()
         vae.float()
         assert torch.isfinite(plain_fp16[0]).all() and not torch.isfinite(plain_fp16[1]).all()
-        # the plain decode's own upsampling, so the kept sample can be compared bit for bit
-        engine = VaeEngine(vae, VaeOptions(dtype="fp16", tiling="off", fused_upsample=False)).attach()
+        engine = VaeEngine(vae, VaeOptions(dtype="fp16", avoid_emulated=False, tiling="off")).attach()
         image = vae.decode(z).sample
     stats = engine.last_call
     assert torch.isfinite(image).all()
@@ -55,7 +54,23 @@ def test_auto_learns_that_the_vae_overflows_fp16():
 
 def test_guard_off_leaves_the_nans():
     vae = overflowing_vae()
-    VaeEngine(vae, VaeOptions(dtype="fp16", tiling="off", nan_fallback=False)).attach()
+    VaeEngine(vae, VaeOptions(dtype="fp16", avoid_emulated=False, tiling="off", nan_fallback=False)).attach()
     with torch.no_grad():
         image = vae.decode(batch()).sample
     assert not torch.isfinite(image[1]).all()
+
+
+def test_the_infotext_names_the_dtype_that_made_the_pixels():
+    """Every sample redone: the fp16 choice's pixels came from the safer dtype, and the infotext says so."""
+    from lib_vaeprec.infotext import format_params
+    from lib_vaeprec.stats import GenerationStats
+    vae = overflowing_vae()
+    engine = VaeEngine(vae, VaeOptions(dtype="fp16", avoid_emulated=False, tiling="off")).attach()
+    gen = GenerationStats()
+    engine.on_call = gen.add
+    with torch.no_grad():
+        vae.decode(batch()[1:])
+    (fallback,) = gen.calls[0].fallbacks
+    safer = {torch.bfloat16: "bf16", torch.float32: "fp32"}[fallback.to_dtype]   # fp32 where bf16 is emulated
+    params = format_params(engine.options, gen)
+    assert params["VAE dtype"] == f"fp16 ({safer})" and params["VAE fallback"] == f"fp16->{safer} (1 of 1)"

@@ -17,6 +17,7 @@ from lib_vaeprec.engine import engine_of  # noqa: E402
 def started(env, **settings):
     """The web UI started with our settings (by option name) already saved, the model then loaded."""
     env.start(load_model=False)
+    settings = {"avoid_emulated": False, **settings}    # bf16 is forced here on CPUs that may only emulate it
     for name, value in settings.items():
         env.opts.set(f"vae_precision_{name}", value)
     env.mod("modules.sd_models").load_model()

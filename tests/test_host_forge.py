@@ -14,6 +14,7 @@ from lib_vaeprec.engine import engine_of  # noqa: E402
 
 def started(env, **settings):
     env.start()
+    settings = {"avoid_emulated": False, **settings}    # bf16 is forced here on CPUs that may only emulate it
     for name, value in settings.items():
         env.opts.set(f"vae_precision_{name}", value)
     return env

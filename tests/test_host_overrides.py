@@ -10,12 +10,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from standins.fixtures import a1111, dtypes_of, forge, reforge  # noqa: E402,F401
 
+from lib_vaeprec.engine import engine_of  # noqa: E402
 from lib_vaeprec.hosts import ui  # noqa: E402
 from lib_vaeprec.options import OFFLOAD_CHOICES  # noqa: E402
 
 
 def started(env, **settings):
     env.start()
+    settings = {"avoid_emulated": False, **settings}    # bf16 is forced here on CPUs that may only emulate it
     for name, value in settings.items():
         env.opts.set(f"vae_precision_{name}", value)
     return env
@@ -69,8 +71,8 @@ def test_unknown_values_warn_and_the_render_continues(a1111, caplog):
     assert "'bf17'" in messages and "vae_precision_dtype" in messages
     assert "'huge'" in messages and "'into the sea'" in messages
     params = env.infotext(res.infotexts[0])
-    assert params["VAE dtype"].startswith("auto")           # the setting's default
-    assert params["VAE offload"] == OFFLOAD_CHOICES["keep"]
+    assert params["VAE dtype"] == "bf16"                    # the stored setting, the next level down
+    assert params["VAE offload"].startswith(OFFLOAD_CHOICES["keep"])
     assert len(res.images) == 1 and torch.isfinite(res.images[0]).all()
 
 
@@ -81,7 +83,7 @@ def test_infotext_per_batch_and_encodes_count_for_their_batch(a1111):
     assert res.infotexts[0] == res.infotexts[1]            # the images of one batch share it
     assert "VAE encode" in first and "VAE decode" in first
     assert "VAE encode" not in second and "VAE decode" in second
-    assert first["VAE tiling"] == "auto" and first["VAE offload"] == OFFLOAD_CHOICES["keep"]
+    assert first["VAE tiling"] == "auto" and first["VAE offload"] == "keep on GPU (ran on cpu)"
 
 
 def test_write_stats_off_keeps_only_the_choices(a1111):
@@ -148,5 +150,73 @@ def test_tiling_choice_reaches_each_host_path(host, request):
     _, untiled = env.render(img2img=True)
     _, tiled = env.render(img2img=True, args=env.args(tiling="always", tile_size="64"))
     params = env.infotext(tiled.infotexts[0])
-    assert params["VAE tiling"].startswith("always (") and params["VAE tile size"] == "64"
+    # the 16-pixel images fit one tile: the tiled runner ran, and the infotext names no tiles
+    assert engine_of(env.vae_module()).last_call.tiles == 1
+    assert params["VAE tiling"] == "always" and params["VAE tile size"] == "64"
     assert torch.allclose(tiled.images[0], untiled.images[0], atol=1e-3)
+
+
+# ----- a bad value falls back to the next level: accordion -> override_settings / settings -> default -----
+
+@pytest.mark.parametrize("host", ["a1111", "forge", "reforge"])
+def test_a_bad_accordion_value_falls_back_to_override_settings(host, request, caplog):
+    env = started(request.getfixturevalue(host), dtype="host default")
+    args = env.args()
+    args[:3] = [True, "use settings", "bf17"]         # alwayson_scripts {"VAE Precision": {"args": [...]}}
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        _, res = env.render(override_settings={"vae_precision_dtype": "fp32"}, args=args)
+    assert dtype_written(env, res) == "fp32"
+    warnings = [r.getMessage() for r in caplog.records if "'bf17'" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "dtype" in warnings[0] and "using 'fp32'" in warnings[0]
+
+
+def test_a_bad_override_falls_back_to_the_stored_setting(a1111, caplog):
+    env = started(a1111, dtype="fp32", tile_size=512)
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        _, res = env.render(override_settings={"vae_precision_tile_size": "12x", "vae_precision_dtype": "bf17"})
+    params = env.infotext(res.infotexts[0])
+    assert params["VAE tile size"] == "512" and params["VAE dtype"] == "fp32"
+    text = caplog.text
+    assert "vae_precision_tile_size '12x'" in text and "using '512'" in text
+    assert "vae_precision_dtype 'bf17'" in text and "using 'fp32'" in text
+    assert "could not convert" not in text                 # the setting, the value, what is used: no Python
+
+
+OVERFLOWING = ["inf", "1e999", "nan", "-inf", "9" * 400, float("inf"), float("nan"), 10 ** 400]
+
+
+@pytest.mark.parametrize("value", OVERFLOWING, ids=lambda v: f"{type(v).__name__}-{str(v)[:8]}")
+def test_overflowing_tile_sizes_fall_back_at_every_level(a1111, caplog, value):
+    env = started(a1111, dtype="fp32", tile_size=256)
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        # the accordion's typed size: the settings' 256
+        params = env.infotext(env.render(args=env.args(tiling="always", tile_size=value))[1].infotexts[0])
+        assert params["VAE tiling"] == "always" and params["VAE tile size"] == "256"
+        # override_settings: the stored 256
+        params = env.infotext(env.render(override_settings={"vae_precision_tile_size": value})[1].infotexts[0])
+        assert params["VAE tile size"] == "256"
+        # a stored setting (API POST /sdapi/v1/options stores what it is given): the default, auto
+        env.opts.set("vae_precision_tile_size", value)
+        params = env.infotext(env.render()[1].infotexts[0])
+        assert "VAE tile size" not in params and params["VAE dtype"] == "fp32"
+        # pasted infotext: the other fields are restored, the tile size is left out
+        runner = env.runners[False]
+        pasted = _paste(runner, {"VAE tile size": str(value), "VAE tiling": "always", "VAE dtype": "bf16"})
+    values = dict(zip(ui.ARGS, pasted[runner.alwayson_scripts[0].args_from:]))
+    assert values["tiling"] == "always" and values["dtype"] == "bf16" and values["tile_size"] == "use settings"
+    assert len([r for r in caplog.records if "tile_size" in r.getMessage() or "tile size" in r.getMessage()]) == 4
+    assert "Error" not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_overlong_pasted_values_are_refused_with_one_warning_each(a1111, caplog):
+    env = started(a1111)
+    runner = env.runners[False]
+    long_value = "auto" + "( )" * 13332                    # 40,000 characters: 5 s in a backtracking regex
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        pasted = _paste(runner, {"VAE dtype": long_value, "VAE tiling": long_value, "VAE offload": "sequential"})
+    values = dict(zip(ui.ARGS, pasted[runner.alwayson_scripts[0].args_from:]))
+    assert values["dtype"] == "use settings" and values["tiling"] == "use settings"
+    assert values["offload"] == "sequential"
+    warnings = [r.getMessage() for r in caplog.records if "infotext" in r.getMessage()]
+    assert len(warnings) == 2 and all("(40000 characters)" in w and "not restored" in w for w in warnings)

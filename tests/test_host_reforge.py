@@ -14,6 +14,7 @@ from lib_vaeprec.engine import engine_of  # noqa: E402
 
 def started(env, **settings):
     env.start(load_model=False)
+    settings = {"avoid_emulated": False, **settings}    # bf16 is forced here on CPUs that may only emulate it
     for name, value in settings.items():
         env.opts.set(f"vae_precision_{name}", value)
     env.mod("modules.sd_models").load_model()

@@ -10,10 +10,11 @@ from lib_vaeprec.hosts import settings  # noqa: E402
 from lib_vaeprec.options import DEFAULTS, OFFLOAD_CHOICES, TILING_CHOICES  # noqa: E402
 from lib_vaeprec.policy import CHOICES  # noqa: E402
 
-KEYS = ["vae_precision_enabled", "vae_precision_dtype", "vae_precision_nan_fallback", "vae_precision_tiling",
-        "vae_precision_tile_size", "vae_precision_offload", "vae_precision_free_memory",
+KEYS = ["vae_precision_enabled", "vae_precision_dtype", "vae_precision_avoid_emulated", "vae_precision_nan_fallback",
+        "vae_precision_tiling", "vae_precision_tile_size", "vae_precision_offload", "vae_precision_free_memory",
         "vae_precision_write_stats", "vae_precision_compile", "vae_precision_channels_last",
-        "vae_precision_fused_upsample", "vae_precision_fast_groupnorm", "vae_precision_low_memory", "vae_precision_cudnn_benchmark"]
+        "vae_precision_fused_upsample", "vae_precision_fast_groupnorm", "vae_precision_low_memory",
+        "vae_precision_cudnn_benchmark"]
 
 
 def test_registered_keys_components_and_choices(a1111):

@@ -23,11 +23,18 @@ def test_transposed_kernel_equals_nearest_upsample_then_conv(size):
     assert torch.allclose(fused, reference, atol=1e-5)
 
 
+@pytest.fixture
+def fused_here(monkeypatch):
+    """Fused upsampling for float32 maps on the CPU, where the engine otherwise leaves the plain pair."""
+    monkeypatch.setattr(fused_upsample, "DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(fused_upsample, "DTYPES", (torch.float32,))
+
+
 def _instance_forwards(module):
     return [m for m in module.modules() if "forward" in m.__dict__]
 
 
-def test_engine_decodes_the_same_image_with_fused_upsampling_and_detaches_cleanly(tiny_vae):
+def test_engine_decodes_the_same_image_with_fused_upsampling_and_detaches_cleanly(tiny_vae, fused_here):
     z = torch.randn(2, 4, 6, 5)
     with torch.no_grad():
         reference = tiny_vae.decode(z).sample
@@ -43,7 +50,7 @@ def test_engine_decodes_the_same_image_with_fused_upsampling_and_detaches_cleanl
     assert _instance_forwards(tiny_vae) == []
 
 
-def test_fused_upsampling_in_the_original_layout_and_with_tiling():
+def test_fused_upsampling_in_the_original_layout_and_with_tiling(fused_here):
     from standins.ldm_vae import AutoencoderKL
     torch.manual_seed(3)
     vae = AutoencoderKL().eval()
@@ -59,7 +66,7 @@ def test_fused_upsampling_in_the_original_layout_and_with_tiling():
     assert _instance_forwards(vae) == []
 
 
-def test_a_changed_weight_gives_a_new_fused_kernel(tiny_vae):
+def test_a_changed_weight_gives_a_new_fused_kernel(tiny_vae, fused_here):
     z = torch.randn(1, 4, 4, 4)
     engine = VaeEngine(tiny_vae, VaeOptions(dtype="fp32")).attach()
     upsampler = tiny_vae.decoder.up_blocks[0].upsamplers[0]
@@ -135,13 +142,27 @@ def test_fused_upsampling_leaves_huge_samples_to_the_plain_path():
     assert not fused_upsample._too_large(torch.empty(4, 256, 1024, 1024, device="meta"), conv)
 
 
-def test_fused_upsampling_only_where_the_conv_would_run_plainly_here():
+def test_fused_upsampling_only_where_the_conv_would_run_plainly_here(fused_here):
     conv = torch.nn.Conv2d(4, 4, 3, padding=1)
     x = torch.randn(1, 4, 8, 8)
     assert fused_upsample.fusable(x, conv)
     assert not fused_upsample.fusable(x.half(), conv)                      # the host casts in its forward
     assert not fused_upsample.fusable(x, torch.nn.Conv2d(4, 4, 3, padding=1, device="meta"))  # weights
     # elsewhere: sequential offload uploads them in the conv's own hooks, which the fused path skips
+
+
+def test_fused_upsampling_only_for_16bit_maps_on_cuda(monkeypatch):
+    """It rounds differently from the plain pair and was measured to pay only in 16 bits on CUDA: float32
+    and the CPU keep the plain pair, so an fp32 decode is the plain VAE's bit for bit."""
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 8, 8)
+    assert fused_upsample.DEVICE_TYPES == ("cuda",)
+    assert not fused_upsample.fusable(x, conv)                                      # CPU, float32
+    assert not fused_upsample.fusable(x.bfloat16(), conv.bfloat16())                # CPU, bf16
+    monkeypatch.setattr(fused_upsample, "DEVICE_TYPES", ("cpu",))                   # as if the CPU were CUDA
+    assert fused_upsample.fusable(x.bfloat16(), conv.bfloat16())
+    assert fused_upsample.fusable(x.half(), conv.half())
+    assert not fused_upsample.fusable(x, conv)                                      # float32 still not
 
 
 def test_after_use_offload_keeps_no_fused_kernels(tiny_vae):

@@ -324,7 +324,7 @@ def test_the_last_rung_is_the_cpu(monkeypatch):
         if args[0].dtype == torch.bfloat16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     handle = vae.decoder.conv_in.register_forward_pre_hook(bf16_is_out_of_memory)
-    engine = VaeEngine(vae, VaeOptions(dtype="bf16", tiling="auto")).attach()
+    engine = VaeEngine(vae, VaeOptions(dtype="bf16", avoid_emulated=False, tiling="auto")).attach()
     rungs = engine._rungs
     monkeypatch.setattr(engine, "_rungs", lambda *call: rungs(*call) + [("on the CPU", lambda: engine._on_cpu(*call))])
     monkeypatch.setattr(tiling.plan.memory, "free_bytes", lambda device: 1e5)   # no room to run untiled
@@ -354,7 +354,7 @@ def test_tiling_off_lets_out_of_memory_through_on_the_cpu(vae):
 def test_non_finite_sample_of_a_tiled_call_is_redone_at_a_safer_dtype():
     from test_guard import batch, overflowing_vae
     vae = overflowing_vae()
-    engine = VaeEngine(vae, VaeOptions(dtype="fp16", tiling="always", tile_size=64)).attach()
+    engine = VaeEngine(vae, VaeOptions(dtype="fp16", avoid_emulated=False, tiling="always", tile_size=64)).attach()
     with torch.no_grad():
         image = vae.decode(batch()).sample
     assert torch.isfinite(image).all() and engine.last_call.fallbacks[0].failed == 1
@@ -364,7 +364,7 @@ def test_engine_on_original_layout_returns_the_same_kind_of_result():
     from standins.ldm_vae import AutoencoderKL, Distribution
     torch.manual_seed(0)
     vae = AutoencoderKL().eval()
-    engine = VaeEngine(vae, VaeOptions(dtype="bf16", tiling="always", tile_size=64)).attach()
+    engine = VaeEngine(vae, VaeOptions(dtype="bf16", avoid_emulated=False, tiling="always", tile_size=64)).attach()
     with torch.no_grad():   # small: without native bf16 a CPU runs these convolutions ~200x slower
         image = vae.decode(smooth_latents(1, 8, 8))
         posterior = vae.encode(image.clamp(-1, 1))

@@ -82,13 +82,17 @@ class Runtime:
             session.baseline = settings.read()
 
     def process(self, p, args):
-        """Settings (with override_settings already in them) < the accordion; applied to the model the render
-        uses. Also the check for a VAE the host swapped without telling (reForge's cached checkpoints)."""
+        """The accordion > override_settings > settings, each bad value replaced by the next level's; applied to
+        the model the render uses. Also the check for a VAE the host swapped without telling (reForge's cached
+        checkpoints)."""
         session = sessions.of(p)
-        base = settings.read()
-        if session.baseline is None:
-            session.baseline = base
-        session.options = merge(base, ui.overrides_from_args(args), source="VAE Precision accordion")
+        if session.baseline is None:          # no override_settings of ours: the settings as they are
+            session.baseline = render_settings = settings.read()
+        else:
+            overridden = settings.overridden_keys(getattr(p, "override_settings", None))
+            render_settings = settings.read(stored=session.baseline, overridden=overridden)
+        session.options = merge(render_settings, ui.overrides_from_args(args),
+                                source="accordion (alwayson_scripts)", base_source="the settings")
         self.adapter.listen(session.record)
         self.adapter.apply(p.sd_model, session.options)
 

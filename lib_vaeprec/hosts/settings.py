@@ -6,13 +6,12 @@ reading `shared.opts` in `process` sees them.
 """
 from dataclasses import dataclass, field
 
-from ..options import DEFAULTS, OFFLOAD_CHOICES, TILING_CHOICES, merge
+from ..options import DEFAULTS, MAX_TILE_PX, OFFLOAD_CHOICES, TILING_CHOICES, merge
 from ..policy import CHOICES as DTYPE_CHOICES
 
 SECTION = ("vae_precision", "VAE Precision")
 CATEGORY = "sd"              # listed next to the web UI's own "VAE" section (A1111 1.7+ settings categories)
 PREFIX = "vae_precision_"
-TILE_SIZE_MAX = 4096
 
 
 def key(name):
@@ -39,12 +38,15 @@ SPECS = (
     Spec("dtype", DEFAULTS.dtype, "VAE dtype", "Dropdown", {"choices": list(DTYPE_CHOICES)},
          info="host default: the web UI decides; auto: bf16 where the GPU runs it natively, else fp16 when "
               "safe, else fp32; mixed: bf16/fp16 with norms and output conv in fp32"),
+    Spec("avoid_emulated", DEFAULTS.avoid_emulated, "Avoid emulated dtypes", "Checkbox",
+         info="a forced bf16/fp16 that the device only emulates runs as fp32 (a CPU without native fp16 took "
+              "35-103 s for one 64x64 fp16 decode, fp32 under 1 s); off: the forced dtype runs anyway"),
     Spec("nan_fallback", DEFAULTS.nan_fallback, "Redo NaN/Inf images at a safer dtype", "Checkbox",
          info="fp16 -> bf16 -> fp32, only for the images that came out broken"),
     Spec("tiling", DEFAULTS.tiling, "Tiled VAE", "Radio", {"choices": list(TILING_CHOICES)},
          info="auto: tile when the image would not fit free memory, or after running out of memory"),
     Spec("tile_size", DEFAULTS.tile_size, "Tile size (pixels)", "Slider",
-         {"minimum": 0, "maximum": TILE_SIZE_MAX, "step": 64},
+         {"minimum": 0, "maximum": MAX_TILE_PX, "step": 64},
          info="0 = sized from free memory"),
     Spec("offload", OFFLOAD_CHOICES[DEFAULTS.offload], "VAE weights", "Dropdown",
          {"choices": list(OFFLOAD_CHOICES.values())},
@@ -59,11 +61,12 @@ SPECS = (
     Spec("channels_last", DEFAULTS.channels_last, "channels_last memory format for the VAE", "Checkbox",
          info="measured slower in eager bf16 on H100; can help some GPUs and compiled runs"),
     Spec("fused_upsample", DEFAULTS.fused_upsample, "Upsample and convolve in one step", "Checkbox",
-         info="the decoder's upsample + conv as one transposed conv: same result, less memory, faster "
-              "(not used with compile)"),
+         info="the decoder's upsample + conv as one transposed conv: less memory, faster; changes pixels by "
+              "rounding, so only where the extension runs bf16/fp16 on CUDA (not with compile)"),
     Spec("fast_groupnorm", DEFAULTS.fast_groupnorm, "Fast GroupNorm (bf16/fp16, CUDA)", "Checkbox",
-         info="the VAE's GroupNorms from per-channel sums and one pass: same result; bf16 decodes about 2x "
-              "faster at 1024² and up, at 0.5x the fp32 peak memory (H100; not used with compile)"),
+         info="the VAE's GroupNorms from per-channel sums and one pass: bf16 decodes about 2x faster at 1024² "
+              "and up, at 0.5x the fp32 peak memory (H100); changes pixels by rounding, so only where the "
+              "extension runs bf16/fp16 on CUDA (not with compile)"),
     Spec("low_memory", DEFAULTS.low_memory, "Low-memory convolutions (bf16/fp16, CUDA)", "Checkbox",
          info="large convolutions run in bands of rows: about 0.5x the fp32 peak memory instead of 0.8x, "
               "about 15% slower; measured with fast GroupNorm off (on, the peak is already 0.5x)"),
@@ -91,18 +94,28 @@ def _option_info(shared, spec, component):
         return shared.OptionInfo(spec.default, spec.label, component, dict(spec.args), section=SECTION)
 
 
-def read(opts=None):
-    """VaeOptions from the settings; a bad stored value is warned about and replaced by its default."""
+def read(opts=None, stored=None, overridden=()):
+    """VaeOptions from the settings; a bad stored value is warned about and replaced by its default.
+
+    With `stored` (the stored settings, read before the web UI applied a request's override_settings), only
+    the keys in `overridden` are read from `opts`, where the web UI put the request's values; a bad one is
+    replaced by its stored setting, the next level down."""
     if opts is None:
         from modules import shared
         opts = shared.opts
-    options = DEFAULTS
-    for spec in SPECS:
-        value = getattr(opts, spec.key, spec.default)
-        options = merge(options, {spec.name: value}, source=f"setting {spec.key}")
-    return options
+    names = {spec.name: spec.key for spec in SPECS}
+    if stored is None:
+        values = {spec.name: getattr(opts, spec.key, spec.default) for spec in SPECS}
+        return merge(DEFAULTS, values, source="setting", base_source="the default", names=names)
+    values = {spec.name: getattr(opts, spec.key, spec.default) for spec in SPECS if spec.key in overridden}
+    return merge(stored, values, source="override_settings", base_source="the stored setting", names=names)
+
+
+def overridden_keys(override_settings):
+    """Our keys among a request's override_settings."""
+    return {k for k in (override_settings or {}) if str(k).startswith(PREFIX)}
 
 
 def touched_by(override_settings):
     """Whether a request's override_settings change any of our settings."""
-    return any(str(k).startswith(PREFIX) for k in (override_settings or {}))
+    return bool(overridden_keys(override_settings))

@@ -20,7 +20,7 @@ def _plan(caps, *flags):
 
 def test_default_on_a_gpu_both_fp32_rows_main_dtype_and_one_tiled_row():
     sizes, variants = _plan(H100)
-    assert sizes == [1024, 2048] and cli.default_runs(H100) == 3
+    assert sizes == [1024, 2048]
     assert [v.name for v in variants] == [
         "diffusers fp32 (TF32)", "diffusers fp32 (strict)", "diffusers bf16", "vaeprec bf16",
         "vaeprec bf16 tiled", "diffusers bf16 tiled"]
@@ -38,7 +38,7 @@ def test_default_on_a_gpu_both_fp32_rows_main_dtype_and_one_tiled_row():
 def test_default_per_device():
     assert [v.name for v in _plan(TURING)[1]][2:4] == ["diffusers fp16", "vaeprec fp16"]
     sizes, variants = _plan(CPU)
-    assert sizes == [128] and cli.default_runs(CPU) == 1
+    assert sizes == [128]
     assert [v.name for v in variants] == ["diffusers fp32", "vaeprec fp32", "vaeprec fp32 tiled",
                                           "diffusers fp32 tiled"]
     assert variants[2].options.tile_size == 64 and variants[3].tile_px == 64

@@ -6,7 +6,6 @@ diffusers and VAE Precision in the device's best 16-bit format, and one tiled ro
 largest size, in about a minute on a 2-core CPU.
 """
 import argparse
-import contextlib
 import math
 import platform
 import sys
@@ -16,15 +15,16 @@ import torch
 
 from .. import options as vae_options
 from ..device_caps import best_device, caps_of
+# on: autotuning for the body, off: torch's default (off), as the web UIs leave it
+from ..engine import _cudnn_benchmark as cudnn_autotuning
 from ..options import OFFLOAD_CHOICES, VaeOptions
 from . import footprint, models, report, runner
 
 DTYPES = ("fp32", "bf16", "fp16", "mixed")
-# When --sizes and --runs are not given: the SD/SDXL sizes and a median of 3 on a GPU (within a minute
-# on an H100); on a CPU, where a 1024² fp32 decode alone takes tens of seconds, one small size timed
-# once after the warm-up (about a minute on 2 cores, its tiled rows included).
+# When --sizes is not given: the SD/SDXL sizes on a GPU (the whole run within a minute on an H100); on
+# a CPU, where a 1024² fp32 decode alone takes tens of seconds, one small size (under a minute on 2 cores,
+# its tiled rows included).
 DEFAULT_SIZES = {"accelerator": (1024, 2048), "cpu": (128,)}
-DEFAULT_RUNS = {"accelerator": 3, "cpu": 1}
 TF32_ROWS = {"both": (True, False), "on": (True,), "off": (False,)}
 FP32_NAMES = {None: "diffusers fp32", True: "diffusers fp32 (TF32)", False: "diffusers fp32 (strict)"}
 
@@ -66,16 +66,8 @@ def main_dtype(caps):
     return "fp16" if caps.native_fp16 else "fp32"
 
 
-def _kind(caps):
-    return "cpu" if caps.kind == "cpu" else "accelerator"
-
-
 def default_sizes(caps):
-    return list(DEFAULT_SIZES[_kind(caps)])
-
-
-def default_runs(caps):
-    return DEFAULT_RUNS[_kind(caps)]
+    return list(DEFAULT_SIZES["cpu" if caps.kind == "cpu" else "accelerator"])
 
 
 def default_tile_px(largest_size):
@@ -138,9 +130,8 @@ def parser():
     p.add_argument("--cudnn-benchmark", choices=("on", "off"), default="off",
                    help="let cuDNN time its convolution algorithms per shape; off (default) as in the web UIs. "
                         "On, the first call of each shape takes much longer")
-    p.add_argument("--runs", type=int, help=f"timed calls per row, after --warmup (default: "
-                   f"{DEFAULT_RUNS['accelerator']} on GPU, {DEFAULT_RUNS['cpu']} on CPU)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--runs", type=int, default=3, help="timed calls per row, after --warmup; the median is shown")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (the first one's time is shown)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
     return p
@@ -254,7 +245,7 @@ def device_from(text):
 
 
 def _numbers(args):
-    if args.batch < 1 or (args.runs is not None and args.runs < 1) or args.warmup < 0:
+    if args.batch < 1 or args.runs < 1 or args.warmup < 0:
         raise UsageError("--batch and --runs must be at least 1, --warmup at least 0")
     if not (math.isfinite(args.free_gb) and args.free_gb >= 0):
         raise UsageError(f"--free-gb must be a number of GB from 0 up, not {args.free_gb}")
@@ -269,6 +260,18 @@ def model_from(args):
         note = f"--arch {args.arch} is ignored: --vae's file sets the architecture" if args.arch else None
         return models.load_file(args.vae), note
     return models.build(args.arch or "sd", args.seed), None
+
+
+def _seconds_since_start():
+    """Since the process started, imports included: what `time` on the command line reports."""
+    try:
+        import psutil
+        return time.time() - psutil.Process().create_time()
+    except ImportError:
+        return time.time() - _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
 
 
 def _one_line(error):
@@ -291,7 +294,6 @@ def main(argv=None):
         _numbers(args)
         device = device_from(args.device)
         caps = caps_of(device)
-        args.runs = default_runs(caps) if args.runs is None else args.runs
         sizes = _sizes(args.sizes) if args.sizes is not None else default_sizes(caps)
         variants = variants_from(args, caps, sizes)
         report.prepare_out_dir(args.out)
@@ -303,37 +305,24 @@ def main(argv=None):
     except (UsageError, report.OutDirError, models.VaeFileError, footprint.DoesNotFit) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
-    return run(args, device, sizes, variants, vae, fit)
+    return run(args, device, sizes, variants, vae, fit, command=" ".join(["python -m lib_vaeprec", *argv]))
 
 
-@contextlib.contextmanager
-def _cudnn_benchmark(device, on):
-    if device.type != "cuda":
-        yield
-        return
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
-def run(args, device, sizes, variants, vae, fit):
+def run(args, device, sizes, variants, vae, fit, command=""):
     from diffusers.utils import logging as diffusers_logging
     from tqdm import tqdm
     diffusers_logging.set_verbosity_error()   # plain baselines cast with .to(dtype) on purpose
-    started = time.perf_counter()
     ops = 1 if args.no_encode else 2
     caps = caps_of(device)
     baseline = baseline_of(variants)
     tiled_tile_px = next((v.options.tile_size for v in variants if not v.plain and v.is_tiled), 0)
     meta = dict(device=caps.name or device.type, torch=torch.__version__, python=platform.python_version(),
                 vae=args.vae or f"{args.arch or 'sd'} architecture, random weights (seed {args.seed})",
-                baseline=baseline, reference="plain diffusers fp32, strict (no TF32), untiled",
+                baseline=baseline, reference="plain diffusers fp32, untiled"
+                + (", strict (no TF32)" if device.type == "cuda" else ""),
                 tf32=args.tf32 if device.type == "cuda" else "n/a",
                 cudnn_benchmark=args.cudnn_benchmark, free_gb=args.free_gb, sizes=sizes, batch=args.batch,
-                runs=args.runs, warmup=args.warmup, command=" ".join(["python -m lib_vaeprec", *sys.argv[1:]]))
+                runs=args.runs, warmup=args.warmup, command=command)
     print(f"VAE: {meta['vae']} | device: {meta['device']} | torch {meta['torch']} | "
           f"variants: {', '.join(v.name for v in variants)}", flush=True)
     if args.free_gb and device.type != "cuda":
@@ -341,18 +330,20 @@ def run(args, device, sizes, variants, vae, fit):
     for line in fit.notes:
         print(line)
     total = ops * sum(1 for size in sizes for v in variants if v.runs_at(size))
-    with _cudnn_benchmark(device, args.cudnn_benchmark == "on"), tqdm(total=total, desc="bench", unit="run") as bar:
+    with cudnn_autotuning(args.cudnn_benchmark == "on"), tqdm(total=total, desc="bench", unit="run") as bar:
         rows = runner.run(vae, device, sizes, variants, batch=args.batch, warmup=args.warmup, runs=args.runs,
                           encode=not args.no_encode, seed=args.seed, progress=bar, free_gb=args.free_gb,
                           skipped=fit.skipped, tiled_reference=fit.tiled_reference,
                           reference_tile_px=tiled_tile_px or default_tile_px(max(sizes)), baseline=baseline,
                           say=bar.write, tf32_rows=args.tf32 != "off")
-    meta["seconds"] = round(time.perf_counter() - started, 1)
+    meta["seconds"] = round(_seconds_since_start(), 1)
+    meta["reference"] += "".join(f"; {s}px made tiled (untiled it does not fit)" for s in sizes
+                                 if any(r.get("reference_tiled") for r in rows if r["size"] == s))
     print(report.legend(rows, meta))
     print(report.table(rows))
     print(report.first_calls(rows, meta["seconds"]))
     if args.profile and device.type == "cuda":
-        with _cudnn_benchmark(device, args.cudnn_benchmark == "on"), runner.tf32(device, args.tf32 != "off"):
+        with cudnn_autotuning(args.cudnn_benchmark == "on"), runner.tf32(device, args.tf32 != "off"):
             meta["profile"] = _profile(vae, device, sizes, variants, args)
     json_path, png_path = report.write_all(rows, meta, args.out)
     print(f"wrote {json_path} and {png_path}")

@@ -95,11 +95,11 @@ def first_calls(rows, seconds):
     """One line: how long the first (cold) calls took, the slowest one named."""
     timed = [r for r in rows if r.get("first_ms") is not None]
     if not timed:
-        return f"the whole run took {seconds:.1f} s"
+        return f"{seconds:.1f} s since the process started"
     slowest = max(timed, key=lambda r: r["first_ms"])
     total = sum(r["first_ms"] for r in timed) / 1000
     return (f"first calls: {total:.1f} s in all, the slowest {slowest['first_ms'] / 1000:.2f} s "
-            f"({slowest['variant']}, {slowest['op']} {slowest['size']}px); the whole run took {seconds:.1f} s")
+            f"({slowest['variant']}, {slowest['op']} {slowest['size']}px); {seconds:.1f} s since the process started")
 
 
 def write_json(rows, meta, path):

@@ -133,7 +133,6 @@ def _reference(vae, z, encode, device, tiled, tile_px):
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
                 if not memory.is_out_of_memory(error):
                     raise
-            decoded = image = None
             memory.release_cached(device)
         engine = VaeEngine(vae, VaeOptions(dtype="fp32", tiling="always", tile_size=tile_px,
                                            nan_fallback=False)).attach()
@@ -181,6 +180,8 @@ def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, se
                     allowed = tf32_rows if variant.tf32 is None else variant.tf32
                     row = _measure(prepared, op, call, data.to(prepared.dtype), ref, size, batch, warmup, runs,
                                    device, free_gb if variant.limited_memory else None, untiled, allowed)
+                    if made == "tiled":
+                        row["reference_tiled"] = True
                     rows.append(row)
                     _advance(progress)
             finally:

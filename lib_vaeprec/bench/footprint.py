@@ -77,7 +77,9 @@ def plan(vae, device, sizes, batch, variants, ops, free_bytes=None, host_free_by
         own = BENCH_IMAGES * image_bytes(size, batch)
         # the untiled results are kept on the host for the tiled rows' PSNRtile
         kept = sum(1 for v in variants if v.runs_at(size) and not v.is_tiled) * len(ops) * image_bytes(size, batch)
-        host_need = kept + (0 if cuda else own)
+        # on a CPU the bench's tensors, the kept results and the VAE's work share one memory
+        own = own if cuda else own + kept
+        host_need = kept if cuda else own
         if host_need > host_free:
             raise DoesNotFit(f"--sizes {size} with --batch {batch} needs about {gb(host_need)} of host memory "
                              f"for the images alone, and {gb(host_free)} is available")

@@ -345,7 +345,12 @@ def run(args, device, sizes, variants, vae, fit, command=""):
     if args.profile and device.type == "cuda":
         with cudnn_autotuning(args.cudnn_benchmark == "on"), runner.tf32(device, args.tf32 != "off"):
             meta["profile"] = _profile(vae, device, sizes, variants, args)
-    json_path, png_path = report.write_all(rows, meta, args.out)
+    try:
+        json_path, png_path = report.write_all(rows, meta, args.out)
+    except OSError as error:     # checked before the run, but a disk can fill up meanwhile
+        print(f"error: could not write into --out {args.out} ({error.strerror or error}); the table above "
+              "holds the results", file=sys.stderr)
+        return 1
     print(f"wrote {json_path} and {png_path}")
     return 0
 

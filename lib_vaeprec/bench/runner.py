@@ -1,7 +1,6 @@
 """Runs the benchmark variants over sizes: plain diffusers baselines first, then VAE Precision."""
 import contextlib
 import copy
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -10,8 +9,6 @@ from .. import memory, outputs
 from ..engine import VaeEngine
 from ..options import VaeOptions
 from . import measure
-
-log = logging.getLogger("vae_precision")
 
 # TF32 as the web UIs run fp32 convolutions and matmuls on CUDA: cuDNN's TF32 is torch's default
 # (torch.backends.cudnn.allow_tf32) and none of the three hosts turns it off; A1111 also turns matmul

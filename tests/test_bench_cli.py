@@ -1,39 +1,141 @@
 import json
 import os
+import struct
+import tempfile
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import SMALL, make_vae
 from lib_vaeprec.bench import cli, models
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
 
 
 @pytest.mark.parametrize("args,message", [
     (["--dtypes", "bf17"], "unknown dtype"),
+    (["--dtypes", ""], "--dtypes is empty"),
+    (["--dtypes", ","], "--dtypes is empty"),
+    (["--sizes", ""], "--sizes is empty"),
     (["--sizes", "100"], "multiples of 8"),
-    (["--vae", "/no/such/vae.safetensors"], "no such VAE file"),
+    (["--sizes", "big"], "pixel sizes"),
     (["--offload", "sideways"], "unknown offload"),
-    (["--tile-size", "0x"], ""),
+    (["--offload", ""], "--offload is empty"),
+    (["--speed", "warp"], "unknown speed option"),
+    (["--tile-size", "0x"], "--tile-size"),
+    (["--tile-size", "inf"], "--tile-size"),
+    (["--tile-size", "1" + "0" * 400], "--tile-size"),
+    (["--tile-size", "32"], "--tile-size"),
+    (["--tile-size", "100000"], "--tile-size"),
+    (["--tiling", "sideways"], "--tiling"),
+    (["--free-gb", "-1"], "--free-gb"),
+    (["--free-gb", "nan"], "--free-gb"),
+    (["--runs", "0"], "--runs"),
+    (["--seed", "-1"], "--seed"),
+    (["--bogus"], "unrecognized"),
+    (["--device", "foo"], "not a torch device"),
+    (["--vae", "/no/such/vae.safetensors"], "no such VAE file"),
+    (["--device", "cpu", "--sizes", "100000"], "host memory"),
+    (["--device", "cpu", "--batch", "100000"], "host memory"),
+    (["--device", "cpu", "--sizes", "100000", "--tiling", "on"], "host memory"),
 ])
-def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
-    assert cli.main(["bench", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err
+def test_bad_arguments_exit_2_with_one_line(args, message, capsys, tmp_path):
+    assert cli.main(["bench", *args, "--out", str(tmp_path / "out")]) == 2
+    assert message in _err_line(capsys)
+    assert capsys.readouterr().out == ""
 
 
-def test_bench_writes_table_json_and_plot(tmp_path, capsys):
-    code = cli.main(["bench", "--device", "cpu", "--sizes", "128", "--dtypes", "fp32", "--runs", "1", "--warmup", "0",
-                     "--tiling", "on", "--tile-size", "64", "--offload", "sequential", "--out", str(tmp_path)])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "diffusers fp32" in out and "vaeprec fp32 tiled" in out
-    data = json.load(open(tmp_path / "bench.json"))
-    rows = {(r["op"], r["variant"]): r for r in data["rows"]}
-    assert rows[("decode", "vaeprec fp32")]["psnr"] == 99.0
-    assert rows[("decode", "vaeprec fp32 tiled")]["tiles"] > 1
-    assert rows[("decode", "vaeprec fp32 tiled")]["psnr_vs_untiled"] > 90
-    assert "psnr_vs_untiled" in rows[("decode", "vaeprec fp32 tiled")]
-    assert os.path.getsize(tmp_path / "bench.png") > 1000
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_without_mps(capsys, tmp_path):
+    assert cli.main(["bench", "--device", "mps", "--out", str(tmp_path)]) == 2
+    assert "no MPS device" in _err_line(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(capsys, tmp_path):
+    assert cli.main(["bench", "--device", "cuda:1", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in _err_line(capsys)
+
+
+def _bad_vae_files(tmp_path):
+    """Files a user might pass as --vae: empty, text, truncated, only the header, mis-shaped tensors."""
+    good = tmp_path / "good.safetensors"
+    save_file({"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3)}, str(good))
+    data = good.read_bytes()
+    header_len = struct.unpack("<Q", data[:8])[0]
+    files = {"empty": b"", "text": b"this is not a safetensors file\n", "truncated": data[: len(data) // 2],
+             "header-only": data[: 8 + header_len]}
+    paths = {}
+    for name, content in files.items():
+        paths[name] = tmp_path / f"{name}.safetensors"
+        paths[name].write_bytes(content)
+    # a real VAE's weights, but not the SD VAE's shapes (the small test config)
+    paths["mis-shaped"] = tmp_path / "mis-shaped.safetensors"
+    save_file({k: v.contiguous() for k, v in make_vae(**SMALL).state_dict().items()}, str(paths["mis-shaped"]))
+    return paths
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("empty", "not a readable .safetensors"), ("text", "not a readable .safetensors"),
+    ("truncated", "not a readable .safetensors"), ("header-only", "not a readable .safetensors"),
+    ("mis-shaped", "do not have the SD VAE's shapes"),
+])
+def test_bad_vae_file_exits_2_with_one_line(kind, message, capsys, tmp_path):
+    path = _bad_vae_files(tmp_path)[kind]
+    assert cli.main(["bench", "--device", "cpu", "--vae", str(path), "--out", str(tmp_path / "out")]) == 2
+    line = _err_line(capsys)
+    assert message in line and str(path) in line
+
+
+def _unwritable_dir(tmp_path):
+    """A folder this process cannot write into (root writes through file modes, hence /sys)."""
+    candidate = tmp_path / "locked"
+    candidate.mkdir()
+    candidate.chmod(0o500)
+    for path in (str(candidate), "/sys"):
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError:
+            return path
+    pytest.skip("no folder here refuses writes")
+
+
+def test_bad_out_is_refused_before_running(capsys, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [(str(a_file), "is a file, not a folder"), (str(a_file / "sub"), "is a file, not a folder"),
+             (os.path.join(_unwritable_dir(tmp_path), "out"), "not writable")]
+    for out, message in cases:
+        assert cli.main(["bench", "--device", "cpu", "--sizes", "64", "--out", out]) == 2
+        line = _err_line(capsys)
+        assert message in line and "--out" in line
+        assert capsys.readouterr().out == ""       # refused before the run: nothing measured and lost
+
+
+def test_arch_with_vae_says_the_file_wins(tmp_path):
+    vae = models.build("sd", seed=1)
+    path = tmp_path / "vae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    args = cli.parser().parse_args(["--vae", str(path), "--arch", "sdxl"])
+    loaded, note = cli.model_from(args)
+    assert "--arch sdxl is ignored" in note and "file" in note
+    assert loaded.config.latent_channels == 4
+    assert cli.model_from(cli.parser().parse_args(["--vae", str(path)]))[1] is None
+
+
+def test_tile_size_uses_the_extensions_limits():
+    from lib_vaeprec.options import MAX_TILE_PX
+    assert cli.tile_size(str(MAX_TILE_PX)) == MAX_TILE_PX
+    assert cli.tile_size("0") == 0 and cli.tile_size(None) is None
+    with pytest.raises(cli.UsageError, match=str(MAX_TILE_PX)):
+        cli.tile_size(str(MAX_TILE_PX + 8))
 
 
 def _to_ldm_keys(state):
@@ -68,3 +170,27 @@ def test_load_user_vae_file(tmp_path, layout):
     loaded = models.load_file(str(path))
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, state[key].float()), key
+
+
+def test_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch):
+    """A whole CPU run on a small VAE of the SD family's shape: tiled rows beside diffusers' tiled row."""
+    monkeypatch.setattr(models, "build", lambda arch="sd", seed=0: make_vae(seed, **SMALL))
+    code = cli.main(["bench", "--device", "cpu", "--sizes", "64,192", "--dtypes", "fp32", "--runs", "1",
+                     "--warmup", "0", "--tiling", "on", "--tile-size", "64", "--offload", "sequential",
+                     "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "diffusers fp32" in out and "vaeprec fp32 tiled" in out and "diffusers fp32 tiled" in out
+    assert "first calls:" in out
+    data = json.load(open(tmp_path / "bench.json"))
+    assert data["meta"]["baseline"] == "diffusers fp32"
+    rows = {(r["size"], r["op"], r["variant"]): r for r in data["rows"]}
+    assert rows[(192, "decode", "vaeprec fp32")]["psnr"] == 99.0
+    assert rows[(192, "decode", "diffusers fp32")]["x_time"] == 1
+    ours, theirs = rows[(192, "decode", "vaeprec fp32 tiled")], rows[(192, "decode", "diffusers fp32 tiled")]
+    assert ours["tiles"] > 1 and ours["psnr_vs_untiled"] > 90
+    # diffusers' tiles at the same tile size: split, and blended (not equal to its untiled decode)
+    assert theirs["tiles"] > 1 and theirs["tile_px"] == 64 and theirs["psnr_vs_untiled"] < 90
+    assert rows[(64, "decode", "diffusers fp32 tiled")]["tiles"] == 0   # one tile: diffusers does not split
+    assert all(r["first_ms"] is not None for r in data["rows"])
+    assert os.path.getsize(tmp_path / "bench.png") > 1000

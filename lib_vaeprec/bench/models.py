@@ -26,31 +26,63 @@ def build(arch="sd", seed=0):
     return AutoencoderKL(**ARCHES[arch]).eval()
 
 
+class VaeFileError(Exception):
+    """A --vae file that cannot be used, in one line."""
+
+
 def _is_ldm_layout(keys):
     return any(k.startswith(("first_stage_model.", "decoder.up.", "encoder.down.")) for k in keys)
 
 
-def load_file(path):
-    """A diffusers AutoencoderKL with the weights of `path` (.safetensors, diffusers or ldm layout)."""
-    from diffusers import AutoencoderKL
+def _read(path):
     from safetensors.torch import load_file as load_safetensors
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such VAE file: {path}")
-    state = load_safetensors(path)
+        raise VaeFileError(f"no such VAE file: {path}")
+    try:
+        return load_safetensors(path)
+    except Exception as error:  # noqa: BLE001 - safetensors' own error type, and OSError
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise VaeFileError(f"{path} is not a readable .safetensors file ({reason})")
+
+
+def _wrong_shapes(vae, state):
+    expected = vae.state_dict()
+    return [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
+            if k in expected and v.shape != expected[k].shape]
+
+
+def load_file(path):
+    """A diffusers AutoencoderKL with the weights of `path` (.safetensors, diffusers or ldm layout).
+    A file that cannot be one raises VaeFileError with a one-line reason."""
+    from diffusers import AutoencoderKL
+    state = _read(path)
     keys = list(state)
     if any(k.startswith("first_stage_model.") for k in keys):
         state = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")}
     conv_in = state.get("decoder.conv_in.weight")
-    if conv_in is None:
-        raise ValueError(f"{path} holds no VAE decoder (no decoder.conv_in.weight)")
+    if conv_in is None or conv_in.dim() != 4:
+        raise VaeFileError(f"{path} holds no VAE decoder (no decoder.conv_in.weight of 4 dimensions)")
     latent_channels = conv_in.shape[1]
     config = dict(ARCHES["sd3" if latent_channels == 16 else "sd"])
+    config["latent_channels"] = latent_channels
     config["use_quant_conv"] = config["use_post_quant_conv"] = "quant_conv.weight" in state
     if _is_ldm_layout(keys):
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-        state = convert_ldm_vae_checkpoint(state, config)
-    vae = AutoencoderKL(**config)
-    missing, unexpected = vae.load_state_dict(state, strict=False)
+        try:
+            state = convert_ldm_vae_checkpoint(state, config)
+        except Exception as error:  # noqa: BLE001 - a partial or odd file fails inside diffusers' converter
+            raise VaeFileError(f"{path}: its original-layout weights do not convert ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0] if str(error) else ''})")
+    try:
+        vae = AutoencoderKL(**config)
+    except Exception as error:  # noqa: BLE001 - e.g. a latent channel count no SD-family VAE has
+        raise VaeFileError(f"{path}: no SD-family VAE has {latent_channels} latent channels ({type(error).__name__})")
+    wrong = _wrong_shapes(vae, state)
+    if wrong:
+        key, got, want = wrong[0]
+        raise VaeFileError(f"{path}: {len(wrong)} weights do not have the SD VAE's shapes, e.g. {key} "
+                           f"is {list(got)}, expected {list(want)}")
+    missing, _unexpected = vae.load_state_dict(state, strict=False)
     if missing:
-        raise ValueError(f"{path}: {len(missing)} weights missing, e.g. {missing[0]}")
+        raise VaeFileError(f"{path}: {len(missing)} weights missing, e.g. {missing[0]}")
     return vae.eval()

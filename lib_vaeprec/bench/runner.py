@@ -10,6 +10,12 @@ from ..engine import VaeEngine
 from ..options import VaeOptions
 from . import measure
 
+# TF32 as the web UIs run fp32 convolutions and matmuls on CUDA: cuDNN's TF32 is torch's default
+# (torch.backends.cudnn.allow_tf32) and none of the three hosts turns it off; A1111 also turns matmul
+# TF32 on (modules/devices.py, enable_tf32), Forge and reForge keep torch's default for matmuls (off),
+# which in this VAE touches only the mid block's attention projections.
+HOSTS_TF32 = True
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -18,6 +24,17 @@ class Variant:
     plain: bool = False             # plain diffusers: `vae.to(dtype)` and call, no VAE Precision
     options: VaeOptions = field(default_factory=VaeOptions)
     limited_memory: bool = False    # runs with only --free-gb of device memory free
+    tf32: bool = None               # CUDA: TF32 for fp32 convs/matmuls; None = the run's setting
+    tiled: bool = False             # plain: diffusers' own tiling (`vae.enable_tiling()`), seams and all
+    tile_px: int = 0                # plain tiled: diffusers' tile size in pixels (0: its default)
+    sizes: tuple = ()               # run at these sizes only (empty: every size)
+
+    def runs_at(self, size):
+        return not self.sizes or size in self.sizes
+
+    @property
+    def is_tiled(self):
+        return self.tiled or (not self.plain and self.options.tiling != "off")
 
 
 PLAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,6 +48,33 @@ def _encode(vae, x):
     return vae.encode(x).latent_dist.mean
 
 
+@contextlib.contextmanager
+def tf32(device, allowed):
+    """TF32 for fp32 convolutions and matmuls on CUDA for the body, then both switches as they were."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(allowed)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def diffusers_tiles(vae, op, shape):
+    """How many tiles diffusers' `enable_tiling()` splits an input of `shape` into (0: it does not tile).
+    Its rule (AutoencoderKL._decode/_encode in diffusers): tiles of tile_latent_min_size latent or
+    tile_sample_min_size image pixels, started every (1 - tile_overlap_factor) of a tile, only when a
+    side is larger than one tile."""
+    tile = vae.tile_latent_min_size if op == "decode" else vae.tile_sample_min_size
+    height, width = shape[-2:]
+    if not vae.use_tiling or (height <= tile and width <= tile):
+        return 0
+    stride = int(tile * (1 - vae.tile_overlap_factor))
+    return len(range(0, height, stride)) * len(range(0, width, stride))
+
+
 class _Prepared:
     """The VAE ready for one variant: a cast copy for plain baselines, the engine for ours."""
 
@@ -39,6 +83,11 @@ class _Prepared:
         if variant.plain:
             self.vae = copy.deepcopy(vae).to(device, PLAIN_DTYPES[variant.dtype])
             self.dtype = PLAIN_DTYPES[variant.dtype]
+            if variant.tiled:
+                self.vae.enable_tiling()
+                if variant.tile_px:
+                    self.vae.tile_sample_min_size = variant.tile_px
+                    self.vae.tile_latent_min_size = variant.tile_px // 8
         else:
             self.engine = VaeEngine(vae, variant.options).attach()
             self.dtype = torch.float32       # the engine casts the input itself
@@ -68,75 +117,161 @@ def _ballast(device, free_gb):
         blocks.clear()
 
 
+def _reference(vae, z, encode, device, tiled, tile_px):
+    """The fp32 decode (and encode of its clamped image) that every PSNR compares with: strict fp32
+    (no TF32), untiled; tiled with VAE Precision's fp32 tiling (equal to untiled up to float rounding)
+    where the untiled call cannot fit. Returns (decoded, image, latent, how it was made)."""
+    with torch.no_grad(), tf32(device, False):
+        if not tiled:
+            try:
+                decoded = _decode(vae, z).float()
+                image = decoded.clamp(-1, 1)
+                return decoded, image, _encode(vae, image).float() if encode else None, "untiled"
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
+                if not memory.is_out_of_memory(error):
+                    raise
+            memory.release_cached(device)
+        engine = VaeEngine(vae, VaeOptions(dtype="fp32", tiling="always", tile_size=tile_px,
+                                           nan_fallback=False)).attach()
+        try:
+            decoded = _decode(vae, z).float()
+            image = decoded.clamp(-1, 1)
+            return decoded, image, _encode(vae, image).float() if encode else None, "tiled"
+        finally:
+            engine.detach()
+
+
 def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, seed=0, progress=None,
-        free_gb=None):
-    """One row per (size, operation, variant). `free_gb`: the --tiling variants run with only that
-    much device memory left free."""
+        free_gb=None, skipped=None, tiled_reference=(), reference_tile_px=0, baseline=None, say=print,
+        tf32_rows=HOSTS_TF32):
+    """One row per (size, operation, variant). `free_gb`: the limited_memory variants run with only
+    that much device memory left free. `skipped`: {(size, variant name): why} rows not run (they would
+    not fit); `tiled_reference`: sizes whose fp32 reference is made tiled. `baseline`: the variant
+    the x columns compare with. `tf32_rows`: TF32 on CUDA for the variants that do not set their own."""
+    skipped = skipped or {}
     rows = []
     vae = vae.to(device)
     latent_channels = vae.config.latent_channels if hasattr(vae, "config") else 4
+    ops = ["decode"] + (["encode"] if encode else [])
     for size in sizes:
         generator = torch.Generator().manual_seed(seed + size)
         z = torch.randn(batch, latent_channels, size // 8, size // 8, generator=generator).to(device)
-        with torch.no_grad():
-            reference = _decode(vae, z).float()
-            image = reference.clamp(-1, 1)
-            reference_latent = _encode(vae, image).float() if encode else None
+        reference, image, reference_latent, made = _reference(vae, z, encode, device, size in tiled_reference,
+                                                              reference_tile_px)
+        if made == "tiled":
+            say(f"{size}px: the fp32 reference was made tiled (VAE Precision's exact tiling): "
+                "untiled it does not fit")
         untiled = {}
-        baseline = {}
         for variant in variants:
+            if not variant.runs_at(size):
+                continue
+            if (size, variant.name) in skipped:
+                for op in ops:
+                    rows.append(_failed_row(size, batch, op, variant, skipped[(size, variant.name)]))
+                    _advance(progress)
+                continue
             prepared = _Prepared(vae, variant, device)
             try:
-                ops = [("decode", _decode, z, reference)]
-                if encode:
-                    ops.append(("encode", _encode, image, reference_latent))
-                for op, call, data, ref in ops:
-                    data = data.to(prepared.dtype)
-                    with torch.no_grad(), _ballast(device, free_gb if variant.limited_memory else None):
-                        fn = lambda: call(prepared.vae, data)  # noqa: E731
-                        ms, result = measure.timed_runs(fn, device, warmup, runs)
-                        peak = measure.peak_extra_bytes(fn, device)
-                    rows.append(_row(size, batch, op, variant, prepared, ms, peak, result, ref, untiled, baseline,
-                                     device))
-                    if progress is not None:
-                        progress.update(1)
+                for op in ops:
+                    call, data, ref = (_decode, z, reference) if op == "decode" else (_encode, image, reference_latent)
+                    allowed = tf32_rows if variant.tf32 is None else variant.tf32
+                    row = _measure(prepared, op, call, data.to(prepared.dtype), ref, size, batch, warmup, runs,
+                                   device, free_gb if variant.limited_memory else None, untiled, allowed)
+                    if made == "tiled":
+                        row["reference_tiled"] = True
+                    rows.append(row)
+                    _advance(progress)
             finally:
                 prepared.close()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    add_ratios(rows, baseline)
     return rows
+
+
+def _advance(progress):
+    if progress is not None:
+        progress.update(1)
+
+
+def _measure(prepared, op, call, data, ref, size, batch, warmup, runs, device, free_gb, untiled, allowed_tf32):
+    variant = prepared.variant
+    out_of_memory = False
+    with torch.no_grad(), tf32(device, allowed_tf32), _ballast(device, free_gb):
+        try:
+            timing = measure.timed_runs(lambda: call(prepared.vae, data), device, warmup, runs)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is recorded as a row
+            if not memory.is_out_of_memory(error):
+                raise
+            out_of_memory = True
+    if out_of_memory:
+        # Outside the except block: the failed call's frames and their tensors are gone by now.
+        memory.release_cached(device)
+        return _failed_row(size, batch, op, variant, "out of memory")
+    return _row(size, batch, op, prepared, timing, ref, untiled, device, data.shape, allowed_tf32)
 
 
 def _mib(value):
     return None if value is None else round(value / 2**20, 1)
 
 
-def _row(size, batch, op, variant, prepared, ms, peak, result, ref, untiled, baseline, device):
+def _round(value, digits):
+    return None if value is None else round(value, digits)
+
+
+def _failed_row(size, batch, op, variant, why):
+    return dict(size=size, batch=batch, op=op, variant=variant.name, plain=variant.plain, tiled=variant.is_tiled,
+                error=why)
+
+
+def _row(size, batch, op, prepared, timing, ref, untiled, device, input_shape, allowed_tf32):
+    variant = prepared.variant
     psnr = measure.image_psnr if op == "decode" else measure.latent_psnr
-    result = result.float()
+    result = outputs.main_tensor(timing.result).float()
     stats = prepared.engine.last_call if prepared.engine else None
-    tiled = bool(stats and stats.tiles)
+    if variant.plain:
+        tiles = diffusers_tiles(prepared.vae, op, input_shape) if variant.tiled else 0
+        tile_px = prepared.vae.tile_sample_min_size if tiles else 0
+    else:
+        tiles, tile_px = (stats.tiles, stats.tile_px) if stats else (0, 0)
     row = dict(
-        size=size, batch=batch, op=op, variant=variant.name, ms=round(ms, 2),
-        peak_mib=None if peak is None else round(peak / 2**20, 1),
+        size=size, batch=batch, op=op, variant=variant.name, plain=variant.plain, tiled=variant.is_tiled,
+        ms=round(timing.ms, 2), first_ms=round(timing.first_ms, 2), peak_mib=_mib(timing.peak_bytes),
+        host_peak_mib=_mib(getattr(stats, "host_peak_bytes", None)),
         resident_mib=_mib(measure.resident_bytes(device)),
         cached_mib=_mib(measure.cached_bytes(device)),
         device_used_mib=_mib(measure.device_used_bytes(device)),
-        psnr=round(psnr(result, ref), 2), max_abs=round((result - ref).abs().max().item(), 4),
-        nonfinite=measure.nonfinite_count(result), tiles=stats.tiles if stats else 0,
+        psnr=_round(psnr(result, ref), 2), max_abs=_round(measure.max_abs_error(result, ref), 4),
+        nonfinite=measure.nonfinite_count(result), tiles=tiles, tile_px=tile_px,
         dtype_used=stats.dtype if stats else variant.dtype,
         fallbacks=[str(f) for f in stats.fallbacks] if stats else [],
     )
+    if device.type == "cuda":
+        row["tf32"] = allowed_tf32
+    # PSNRtile: a tiled result against the untiled one of the same dtype and the same code (ours
+    # against ours, diffusers' tiling against plain diffusers), or the other's when that is missing.
+    # The first untiled row of a kind is kept: fp32 with TF32 comes before strict fp32.
     key = (op, row["dtype_used"])
-    if not tiled and not variant.plain:
-        untiled.setdefault(key, result.cpu())
-    elif tiled and key in untiled:
-        row["psnr_vs_untiled"] = round(psnr(result, untiled[key].to(result.device)), 2)
-    if variant.plain and variant.dtype == "fp32":
-        baseline[op] = row
-    base = baseline.get(op)
-    if base:
-        row["x_time"] = round(row["ms"] / base["ms"], 3)
-        if row["peak_mib"] is not None and base["peak_mib"]:
-            row["x_peak"] = round(row["peak_mib"] / base["peak_mib"], 3)
+    if not tiles and not variant.is_tiled:
+        untiled.setdefault((*key, variant.plain), result.cpu())
+    elif tiles:
+        same = untiled.get((*key, variant.plain), untiled.get((*key, not variant.plain)))
+        if same is not None:
+            row["psnr_vs_untiled"] = _round(psnr(result, same.to(result.device)), 2)
     return row
+
+
+def add_ratios(rows, baseline):
+    """x_time and x_peak of every row against the `baseline` variant's row of the same size and op."""
+    if baseline is None:
+        return
+    base = {(r["size"], r["op"]): r for r in rows if r["variant"] == baseline and "error" not in r}
+    for row in base.values():
+        row["baseline"] = True
+    for row in rows:
+        ref = base.get((row["size"], row["op"]))
+        if ref is None or "error" in row:
+            continue
+        row["x_time"] = round(row["ms"] / ref["ms"], 3)
+        if row.get("peak_mib") is not None and ref.get("peak_mib"):
+            row["x_peak"] = round(row["peak_mib"] / ref["peak_mib"], 3)

@@ -10,10 +10,6 @@ import torch
 
 from .tensor_slots import get as _get, set_data as _set_data, slots
 
-NORM_TYPES = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
-# Output convolutions kept in fp32 by the mixed policy (same names in diffusers, ldm, sgm and the Forge backends).
-MIXED_FP32_NAMES = ("decoder.conv_out", "quant_conv")   # exact names, or ending in "." + name
-
 
 def version_of(tensor):
     # Tensors made under torch.inference_mode() (Forge builds its models there) keep no counter:
@@ -21,22 +17,12 @@ def version_of(tensor):
     return None if tensor.is_inference() else tensor._version
 
 
-def fp32_module_names(module):
-    """Names of the submodules the mixed policy keeps in fp32."""
-    names = set()
-    for name, sub in module.named_modules():
-        if isinstance(sub, NORM_TYPES) or name in MIXED_FP32_NAMES or name.endswith(
-                tuple("." + n for n in MIXED_FP32_NAMES)):
-            names.add(name)
-    return names
-
-
 class WeightCast:
     def __init__(self, module):
         self.module = module
         self._originals = {}     # slot -> original tensor (CPU copy or the original CPU tensor)
         self._cast_prints = {}   # slot -> version counter right after we cast it
-        self._plan_key, self._plan = None, None   # (dtype, keep_fp32) -> [(slot, target dtype)]
+        self._plan_key, self._plan = None, None   # (dtype, per-module dtypes) -> [(slot, target dtype)]
 
     @property
     def active(self):
@@ -49,11 +35,11 @@ class WeightCast:
                 del self._cast_prints[slot]
                 self._originals.pop(slot, None)
 
-    def cast(self, dtype, keep_fp32=()):
-        """Casts floating weights to `dtype`; submodules named in keep_fp32 to float32."""
+    def cast(self, dtype, per_module=None):
+        """Casts floating weights to `dtype`; the submodules named in `per_module` ({name: dtype}) to theirs."""
         self._adopt_host_changes()
         with torch.no_grad():
-            for slot, target in self._plan_for(dtype, frozenset(keep_fp32)):
+            for slot, target in self._plan_for(dtype, frozenset((per_module or {}).items())):
                 tensor = _get(slot)
                 if tensor.dtype == target:
                     continue
@@ -66,12 +52,14 @@ class WeightCast:
                 _set_data(slot, source.to(target))
                 self._cast_prints[slot] = version_of(_get(slot))
 
-    def _plan_for(self, dtype, keep_fp32):
-        # The module's structure does not change between calls: walk it once per (dtype, keep) choice.
-        if self._plan_key != (dtype, keep_fp32):
-            kept = {slot for name, sub in self.module.named_modules() if name in keep_fp32 for slot in slots(sub, floating_only=True)}
-            self._plan = [(slot, torch.float32 if slot in kept else dtype) for slot in slots(self.module, floating_only=True)]
-            self._plan_key = (dtype, keep_fp32)
+    def _plan_for(self, dtype, per_module):
+        # The module's structure does not change between calls: walk it once per choice of dtypes.
+        if self._plan_key != (dtype, per_module):
+            chosen = dict(per_module)
+            targets = {slot: chosen[name] for name, sub in self.module.named_modules() if name in chosen
+                       for slot in slots(sub, floating_only=True)}
+            self._plan = [(slot, targets.get(slot, dtype)) for slot in slots(self.module, floating_only=True)]
+            self._plan_key = (dtype, per_module)
         return self._plan
 
     def restore(self):

@@ -13,15 +13,16 @@ import weakref
 import torch
 
 from . import dtypes, fast_groupnorm, guard, memory, outputs, policy, tiling
-from .casting import WeightCast, fp32_module_names, NORM_TYPES
+from .casting import WeightCast
 from .device_caps import caps_of
 from .offload import Offloader
 from .banded_conv import BandedConvs
 from .fast_groupnorm import FastGroupNorms
 from .fused_upsample import FusedUpsamplers
+from .mixed import BlockPrecision
 from .speed import CompiledCoders, to_memory_format
 from .options import VaeOptions
-from .stats import CallStats, dtype_label, measure
+from .stats import CallStats, measure
 
 log = logging.getLogger("vae_precision")
 _warned = set()
@@ -34,35 +35,6 @@ def warn_once(message):
         log.warning("VAE Precision: %s", message)
 
 
-class _MixedHooks:
-    """Runs the modules kept in fp32 on fp32 inputs, and hands norms' outputs back in the compute dtype."""
-
-    def __init__(self):
-        self._handles = []
-        self.key = None
-
-    def install(self, module, names, compute_dtype):
-        self.remove()
-        for name, sub in module.named_modules():
-            if name not in names:
-                continue
-            self._handles.append(sub.register_forward_pre_hook(_upcast_inputs))
-            if isinstance(sub, NORM_TYPES):
-                self._handles.append(sub.register_forward_hook(
-                    lambda m, args, out, dtype=compute_dtype: out.to(dtype)))
-        self.key = compute_dtype
-
-    def remove(self):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.key = None
-
-
-def _upcast_inputs(module, args):
-    return tuple(a.float() if dtypes.is_float(a) else a for a in args)
-
-
 class VaeEngine:
     METHODS = ("decode", "encode")
 
@@ -73,12 +45,11 @@ class VaeEngine:
         self.on_call = on_call              # receives each CallStats
         self.caster = WeightCast(module)
         self.offloader = Offloader(options.offload)
-        self._mixed = _MixedHooks()
+        self._blocks = BlockPrecision()      # mixed: the blocks' measured ranges and input casts
         self._compiled = CompiledCoders()
         self._fused = FusedUpsamplers()
         self._fast_norms = FastGroupNorms()
         self._banded = BandedConvs()
-        self._fp32_names = None             # submodules the mixed policy keeps in fp32 (found once)
         self._shadowed = {}                 # method name -> what the instance dict held before (or None)
         self.last_call = None               # CallStats of the last call that returned (None after one raised)
         # One call at a time: calls share the module's weights, dtype and instance forwards (a web UI's
@@ -141,7 +112,7 @@ class VaeEngine:
             self._release_weights()
 
     def _release_weights(self):
-        self._mixed.remove()
+        self._blocks.remove()
         self._compiled.remove()
         self._fused.remove()
         self._fast_norms.remove()
@@ -164,20 +135,25 @@ class VaeEngine:
     def _host_dtype(self):
         return dtypes.of_module(self.module, torch.float32)
 
-    def _prepare_weights(self, precision):
+    def _prepare_weights(self, precision, kind=None):
+        """Casts the weights for `precision` (None: the host's own back); with `mixed`, the blocks of `kind`
+        measured so far each to its own dtype. Returns the dtype the call's input goes in."""
         if precision is None:
-            self._mixed.remove()
+            self._blocks.remove()
             self.caster.restore()
             return self._host_dtype()
-        if precision.mixed and self._fp32_names is None:
-            self._fp32_names = fp32_module_names(self.module)
-        keep = self._fp32_names if precision.mixed else ()
-        self.caster.cast(precision.dtype, keep)
-        if precision.mixed and self._mixed.key != precision.dtype:
-            self._mixed.install(self.module, keep, precision.dtype)
-        elif not precision.mixed:
-            self._mixed.remove()
+        plan = self._block_plan(precision, kind)
+        self.caster.cast(precision.dtype, self._blocks.module_dtypes(self.module, kind, plan) if plan else None)
+        if plan:
+            self._blocks.install(self.module, kind, plan)
+        else:
+            self._blocks.remove()
         return precision.dtype
+
+    def _block_plan(self, precision, kind):
+        if precision is None or not precision.mixed or kind is None:
+            return {}
+        return self._blocks.plan(self.module, kind, torch.float16, precision.dtype)
 
     def prepare(self, device):
         """Casts the weights for a call on `device` now (hosts do it at load time, before they might
@@ -225,12 +201,17 @@ class VaeEngine:
             own_dtype = _autocast_off(device) if precision is not None else contextlib.nullcontext()
             with torch.no_grad(), own_dtype, _cudnn_benchmark(opts.cudnn_benchmark), measure(stats, device):
                 self.offloader.before_call(self.module, device)
-                dtype = self._prepare_weights(precision)
-                stats.dtype = dtype_label(precision) if precision else dtypes.name_of(dtype)
+                dtype = self._prepare_weights(precision, kind)
+                plan = self._block_plan(precision, kind)
+                stats.dtype = "mixed" if plan else dtypes.name_of(dtype)
+                stats.blocks = self._blocks.label(plan, torch.float16)
                 x_in = self._apply_speed_options(x.to(device, dtype), device, host_arithmetic=precision is None)
-                result = self._run_sized(kind, original, x_in, args, kwargs, stats)
+                # mixed: the first call of each kind runs in the safe dtype and measures the blocks' ranges
+                measuring = precision is not None and precision.mixed and not plan
+                with self._blocks.measuring(self.module, kind) if measuring else contextlib.nullcontext():
+                    result = self._run_sized(kind, original, x_in, args, kwargs, stats)
                 result = outputs.to_float32(result)
-                result = self._check_finite(kind, original, x, args, kwargs, device, dtype, result, stats,
+                result = self._check_finite(kind, original, x, args, kwargs, device, precision, result, stats,
                                             bad_input)
                 result = _to_device(result, x.device if device.type == "cpu" else device)
         finally:
@@ -381,34 +362,39 @@ class VaeEngine:
             if not self.options.low_memory:
                 self._banded.remove()
 
-    def _check_finite(self, kind, original, x, args, kwargs, device, dtype, result, stats, bad_input):
+    def _check_finite(self, kind, original, x, args, kwargs, device, precision, result, stats, bad_input):
         """With the NaN fallback on, redoes the samples that came out NaN/Inf (only those, and not those whose
-        input already was) at a safer dtype each time; says which are still broken."""
+        input already was) at a safer dtype each time; says which are still broken. A `mixed` call's
+        failures are redone in its safe dtype while its blocks' ranges are measured again."""
         found = guard.nonfinite_samples(outputs.main_tensor(result))
         bad = found[~torch.isin(found, bad_input)]
-        current = dtype
+        mixed = bool(self._block_plan(precision, kind))
+        dtype = precision.dtype if precision is not None else self._host_dtype()
+        current = torch.float16 if mixed else dtype        # mixed's fast blocks are fp16
+        label = "mixed" if mixed else current
         while len(bad) and self.options.nan_fallback and current in dtypes.SAFER:
             safer = dtypes.SAFER[current]
             if safer == torch.bfloat16 and not caps_of(device).native_bf16:
                 safer = torch.float32
-            self._mixed.remove()
+            self._blocks.remove()
             self.caster.cast(safer)
-            with _autocast_off(device):     # a host's autocast region would keep the unsafe dtype
+            measuring = self._blocks.measuring(self.module, kind) if mixed else contextlib.nullcontext()
+            with _autocast_off(device), measuring:     # a host's autocast region would keep the unsafe dtype
                 redo = outputs.to_float32(self._run_sized(kind, original, x[bad.to(x.device)].to(device, safer),
                                                           args, kwargs, stats))
-            stats.fallbacks.append(guard.Fallback(current, safer, len(bad), x.shape[0]))
+            stats.fallbacks.append(guard.Fallback(label, safer, len(bad), x.shape[0]))
             result = outputs.replace_samples(result, bad.to(outputs.main_tensor(result).device), redo)
             bad = bad[guard.nonfinite_samples(outputs.main_tensor(redo))]
             if current == torch.float16 and self.options.dtype == "auto" and self.fp16_safe:
                 self.fp16_safe = False
                 warn_once("this VAE overflows in fp16; 'auto' uses a safer dtype for it from now on")
-            current = safer
+            current = label = safer
         stats.nonfinite_left = len(bad)
         if stats.fallbacks:
             log.warning("VAE Precision: %s gave non-finite values; redone: %s", kind,
                         ", ".join(str(f) for f in stats.fallbacks))
-            if current != dtype:
-                self._prepare_weights(self.precision_for(device))  # back to the chosen dtype for the next call
+            # back to the chosen dtypes for the next call (with mixed, from the ranges measured again)
+            self._prepare_weights(self.precision_for(device), kind)
         if len(bad):
             why = ("with the NaN fallback off" if not self.options.nan_fallback
                    else f"in {dtypes.name_of(current)}, the safest dtype")

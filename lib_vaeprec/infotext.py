@@ -64,7 +64,8 @@ def _nonfinite(gen):
 
 
 def _dtype(options, gen):
-    """`fp16 (bf16)` after every image was redone in bf16, `auto (bf16)`, `fp16 (fp32 as cpu emulates fp16)`."""
+    """`fp16 (bf16)` after every image was redone in bf16, `auto (bf16)`, `fp16 (fp32 as cpu emulates fp16)`,
+    `mixed (fp16 11/16 blocks)`."""
     used = "/".join(gen.dtypes())
     detail = used if used != options.dtype else ""
     for forced, device in gen.emulated():

@@ -15,11 +15,15 @@ CHOICES = (HOST_DEFAULT, "auto", "bf16", "fp16", "fp32", "mixed")
 @dataclass(frozen=True)
 class Precision:
     choice: str
-    dtype: torch.dtype      # dtype of weights and activations (convolutions)
-    mixed: bool = False     # normalisation layers and the output conv kept in fp32
+    dtype: torch.dtype      # dtype of weights and activations (with `mixed`: of the blocks fp16 cannot hold)
+    mixed: bool = False     # each block in fp16 where its activations fit (mixed.py), else in `dtype`
     reason: str = ""
     warning: str = ""       # set when the user forced something the device runs slowly
     emulated: str = ""      # the forced choice the device only emulates, run as `dtype` instead
+
+
+def _name(dtype):
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def _fast(caps, dtype):
@@ -51,10 +55,10 @@ def resolve(choice: str, caps: DeviceCaps, fp16_safe: bool = True, avoid_emulate
         dtype, reason = _auto(caps, fp16_safe)
         return Precision(choice, dtype, reason=reason)
     if choice == "mixed":
-        dtype, reason = _auto(caps, fp16_safe)
-        if dtype == torch.float32:
-            return Precision(choice, dtype, reason=reason + ": mixed runs as fp32")
-        return Precision(choice, dtype, mixed=True, reason="norms and output conv in fp32")
+        safe = torch.bfloat16 if caps.native_bf16 else torch.float32
+        if not caps.native_fp16:
+            return Precision(choice, safe, reason=f"{caps.kind} has no native fp16: mixed runs as {_name(safe)}")
+        return Precision(choice, safe, mixed=True, reason=f"fp16 where this VAE's activations fit, else {_name(safe)}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
     if _fast(caps, dtype):
         return Precision(choice, dtype, reason="forced")

@@ -17,6 +17,7 @@ except ImportError:  # stats degrade to "no RAM figure" rather than failing a re
 class CallStats:
     kind: str                          # "decode" or "encode"
     dtype: str = ""                    # dtype the call ran in ("bf16", "mixed", ...)
+    blocks: str = ""                   # mixed: how many blocks ran in fp16 ("fp16 11/16 blocks")
     seconds: float = 0.0
     peak_bytes: int = None             # peak accelerator memory above the level before the call
     ram_bytes: int = None              # process resident memory after the call
@@ -38,7 +39,7 @@ class CallStats:
     def pixel_dtypes(self):
         """The dtypes whose results are in the output: the call's own, unless the fallbacks redid every
         sample, and each fallback's dtype that kept some of what it redid."""
-        produced, name = set(), self.dtype
+        produced, name = set(), self.blocks or self.dtype
         left = self.fallbacks[0].total if self.fallbacks else 1
         for fallback in self.fallbacks:
             if fallback.failed < left:
@@ -137,6 +138,3 @@ class GenerationStats:
         return (sum(c.nonfinite_left for c in self.calls), sum(c.nonfinite_input for c in self.calls),
                 sum(c.samples for c in self.calls))
 
-
-def dtype_label(precision):
-    return "mixed" if precision.mixed else name_of(precision.dtype)

@@ -1,7 +1,7 @@
 import torch
 
 from conftest import assert_same, snapshot
-from lib_vaeprec.casting import WeightCast, fp32_module_names
+from lib_vaeprec.casting import WeightCast
 
 
 def test_cast_and_restore_is_bitwise(tiny_vae):
@@ -21,15 +21,17 @@ def test_restore_keeps_parameter_objects(tiny_vae):
     assert all(a is b for a, b in zip(params, tiny_vae.parameters()))
 
 
-def test_mixed_keeps_norms_and_output_conv_fp32(tiny_vae):
-    names = fp32_module_names(tiny_vae)
-    assert "decoder.conv_out" in names and "quant_conv" in names
-    assert "post_quant_conv" not in names
+def test_submodules_can_each_have_their_own_dtype(tiny_vae):
+    before = snapshot(tiny_vae)
     cast = WeightCast(tiny_vae)
-    cast.cast(torch.bfloat16, names)
-    assert tiny_vae.decoder.conv_norm_out.weight.dtype == torch.float32
-    assert tiny_vae.decoder.conv_out.weight.dtype == torch.float32
+    cast.cast(torch.bfloat16, {"decoder.conv_out": torch.float16, "decoder.mid_block": torch.float32})
+    assert tiny_vae.decoder.conv_out.weight.dtype == torch.float16
+    assert tiny_vae.decoder.mid_block.resnets[0].conv1.weight.dtype == torch.float32
     assert tiny_vae.decoder.conv_in.weight.dtype == torch.bfloat16
+    cast.cast(torch.bfloat16)
+    assert tiny_vae.decoder.conv_out.weight.dtype == torch.bfloat16
+    cast.restore()
+    assert_same(tiny_vae, before)
 
 
 def test_host_reload_in_place_is_adopted(tiny_vae):

@@ -10,7 +10,7 @@ def latents(batch=2, size=8, seed=1):
     return torch.randn(batch, 4, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp32", "mixed"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_decode_and_encode_return_fp32(tiny_vae, dtype):
     engine = VaeEngine(tiny_vae, VaeOptions(dtype=dtype, tiling="off", avoid_emulated=False)).attach()
     with torch.no_grad():
@@ -87,26 +87,6 @@ def test_exception_inside_decode_leaves_a_consistent_engine(tiny_vae):
         assert torch.isfinite(tiny_vae.decode(latents()).sample).all()
     engine.detach()
     assert_same(tiny_vae, before)
-
-
-def test_mixed_is_closer_to_fp32_than_bf16():
-    """The mixed policy against plain bf16, on the real SD architecture at a small size (the GPU figures
-    are in docs/benchmarks.md; on a CPU torch already normalises bf16 in fp32, so the two are close)."""
-    from lib_vaeprec.bench.models import build
-    from lib_vaeprec.device_caps import cpu_caps
-    if not cpu_caps().native_bf16:
-        pytest.skip("no native bf16 on this CPU: a bf16 decode of the SD VAE takes minutes here")
-    vae = build("sd")
-    z = latents(batch=1, size=8)
-    with torch.no_grad():
-        reference = vae.decode(z).sample
-        scores = {}
-        for dtype in ("bf16", "mixed"):
-            engine = VaeEngine(vae, VaeOptions(dtype=dtype, tiling="off", avoid_emulated=False)).attach()
-            scores[dtype] = psnr(vae.decode(z).sample, reference)
-            engine.detach()
-    assert abs(scores["mixed"] - scores["bf16"]) < 0.5
-    assert min(scores.values()) > 40
 
 
 def test_set_options_applies_at_next_call(tiny_vae):

@@ -25,8 +25,11 @@ TABLE = [
     ("bf16", AMPERE, True, True, BF16, False, False, ""),
     ("fp16", AMPERE, False, True, FP16, False, False, ""),
     ("fp32", CPU_AVX2, True, True, FP32, False, False, ""),
+    # mixed: fp16 blocks where the activations fit, the rest in bf16 (fp32 without bf16); no fp16, no mixing
     ("mixed", AMPERE, True, True, BF16, True, False, ""),
-    ("mixed", TURING, True, True, FP16, True, False, ""),
+    ("mixed", TURING, True, True, FP32, True, False, ""),
+    ("mixed", MPS, False, True, FP32, True, False, ""),
+    ("mixed", CPU_BF16, True, True, BF16, False, False, ""),
     ("mixed", CPU_AVX2, True, True, FP32, False, False, ""),
     # a forced dtype the device only emulates runs as fp32, with a warning, unless the protection is off
     ("bf16", CPU_AVX2, True, True, FP32, False, True, "bf16"),

@@ -12,18 +12,49 @@ SD_CONFIG = dict(
 )
 # The SD 1.x and SDXL VAEs share this architecture; 16-channel VAEs (SD3, Flux) add latent channels
 # and drop the quant convs.
+# "sdxl-fp16-overflow": the SDXL architecture whose later up blocks overflow fp16, as the real SDXL VAE's do
+# (see overflow_fp16).
 ARCHES = {
     "sd": SD_CONFIG,
     "sdxl": dict(SD_CONFIG, scaling_factor=0.13025, sample_size=1024),
+    "sdxl-fp16-overflow": dict(SD_CONFIG, scaling_factor=0.13025, sample_size=1024),
     "sd3": dict(SD_CONFIG, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
                 scaling_factor=1.5305, shift_factor=0.0609),
 }
+OVERFLOW_FACTOR = 2.0 ** 15
 
 
 def build(arch="sd", seed=0):
     from diffusers import AutoencoderKL
     torch.manual_seed(seed)
-    return AutoencoderKL(**ARCHES[arch]).eval()
+    vae = AutoencoderKL(**ARCHES[arch]).eval()
+    return overflow_fp16(vae) if arch == "sdxl-fp16-overflow" else vae
+
+
+def overflow_fp16(vae, factor=OVERFLOW_FACTOR):
+    """The same VAE with its decoder's residual stream `factor` (a power of two) times larger from the middle
+    of its up path on: what the SDXL VAE is like next to its fp16-fix (which scaled it down by training).
+
+    The convs that write into the stream scale with it (each resnet's conv2, the upsampler that starts the
+    scaled part), the biases of those that read it and write it back (shortcuts, later upsamplers) too,
+    and the GroupNorms that read it do not care about its scale. So bf16 and fp32 decode about the same image
+    as the plain VAE (up to GroupNorm's eps), while the later up blocks' values (about 3 to 7 in the
+    random-weight SD VAE) go past fp16's 65504 for factor 2^15, and an fp16 decode comes out NaN."""
+    ups = vae.decoder.up_blocks
+    start = len(ups) // 2
+    with torch.no_grad():
+        entry = ups[start - 1].upsamplers[0].conv
+        entry.weight.mul_(factor)
+        entry.bias.mul_(factor)
+        for block in ups[start:]:
+            for resnet in block.resnets:
+                resnet.conv2.weight.mul_(factor)
+                resnet.conv2.bias.mul_(factor)
+                if resnet.conv_shortcut is not None:
+                    resnet.conv_shortcut.bias.mul_(factor)
+            for upsampler in block.upsamplers or []:
+                upsampler.conv.bias.mul_(factor)
+    return vae
 
 
 class VaeFileError(Exception):

@@ -23,21 +23,25 @@ class WeightCast:
         self._originals = {}     # slot -> original tensor (CPU copy or the original CPU tensor)
         self._cast_prints = {}   # slot -> version counter right after we cast it
         self._plan_key, self._plan = None, None   # (dtype, per-module dtypes) -> [(slot, target dtype)]
+        self.generation = 0      # how many times the host's own new weights were adopted
 
     @property
     def active(self):
         return bool(self._originals)
 
-    def _adopt_host_changes(self):
+    def adopt_host_changes(self):
+        adopted = False
         for slot, print_ in list(self._cast_prints.items()):
             if version_of(_get(slot)) != print_:
                 # The host rewrote or recast this tensor: what it holds now is the host's truth.
                 del self._cast_prints[slot]
                 self._originals.pop(slot, None)
+                adopted = True
+        self.generation += adopted
 
     def cast(self, dtype, per_module=None):
         """Casts floating weights to `dtype`; the submodules named in `per_module` ({name: dtype}) to theirs."""
-        self._adopt_host_changes()
+        self.adopt_host_changes()
         with torch.no_grad():
             for slot, target in self._plan_for(dtype, frozenset((per_module or {}).items())):
                 tensor = _get(slot)
@@ -64,7 +68,7 @@ class WeightCast:
 
     def restore(self):
         """Puts the original tensors back, on whatever device the host has the module now."""
-        self._adopt_host_changes()
+        self.adopt_host_changes()
         with torch.no_grad():
             for slot, original in self._originals.items():
                 device = _get(slot).device

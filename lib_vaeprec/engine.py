@@ -45,7 +45,7 @@ class VaeEngine:
         self.on_call = on_call              # receives each CallStats
         self.caster = WeightCast(module)
         self.offloader = Offloader(options.offload)
-        self._blocks = BlockPrecision()      # mixed: the blocks' measured ranges and input casts
+        self._blocks = BlockPrecision(module)   # mixed: the blocks' measured ranges and input casts
         self._compiled = CompiledCoders()
         self._fused = FusedUpsamplers()
         self._fast_norms = FastGroupNorms()
@@ -107,9 +107,11 @@ class VaeEngine:
             self.release_weights()
 
     def release_weights(self):
-        """Undoes offload and casting, keeping the wrappers (used before the host reloads weights)."""
+        """Undoes offload and casting, keeping the wrappers (used before the host reloads weights: mixed
+        measures the new ones again)."""
         with self._lock:
             self._release_weights()
+            self._blocks.forget()
 
     def _release_weights(self):
         self._blocks.remove()
@@ -142,18 +144,23 @@ class VaeEngine:
             self._blocks.remove()
             self.caster.restore()
             return self._host_dtype()
-        plan = self._block_plan(precision, kind)
-        self.caster.cast(precision.dtype, self._blocks.module_dtypes(self.module, kind, plan) if plan else None)
+        generation = self.caster.generation
+        self.caster.adopt_host_changes()
+        if self.caster.generation != generation:      # new weights written by the host: measure them
+            self._blocks.forget()
+        plan, module_dtypes = self._block_plan(precision, kind)
+        self.caster.cast(precision.dtype, module_dtypes)
         if plan:
-            self._blocks.install(self.module, kind, plan)
-        else:
-            self._blocks.remove()
+            self._blocks.install(kind, plan)
+            return self._blocks.first_dtype(kind, plan)
+        self._blocks.remove()
         return precision.dtype
 
     def _block_plan(self, precision, kind):
+        """mixed: ({block name: dtype}, {module name: dtype}) once the blocks of `kind` are measured."""
         if precision is None or not precision.mixed or kind is None:
-            return {}
-        return self._blocks.plan(self.module, kind, torch.float16, precision.dtype)
+            return {}, {}
+        return self._blocks.plan(kind, torch.float16, precision.dtype)
 
     def prepare(self, device):
         """Casts the weights for a call on `device` now (hosts do it at load time, before they might
@@ -202,13 +209,13 @@ class VaeEngine:
             with torch.no_grad(), own_dtype, _cudnn_benchmark(opts.cudnn_benchmark), measure(stats, device):
                 self.offloader.before_call(self.module, device)
                 dtype = self._prepare_weights(precision, kind)
-                plan = self._block_plan(precision, kind)
+                plan, _ = self._block_plan(precision, kind)
                 stats.dtype = "mixed" if plan else dtypes.name_of(dtype)
                 stats.blocks = self._blocks.label(plan, torch.float16)
                 x_in = self._apply_speed_options(x.to(device, dtype), device, host_arithmetic=precision is None)
                 # mixed: the first call of each kind runs in the safe dtype and measures the blocks' ranges
                 measuring = precision is not None and precision.mixed and not plan
-                with self._blocks.measuring(self.module, kind) if measuring else contextlib.nullcontext():
+                with self._blocks.measuring(kind) if measuring else contextlib.nullcontext():
                     result = self._run_sized(kind, original, x_in, args, kwargs, stats)
                 result = outputs.to_float32(result)
                 result = self._check_finite(kind, original, x, args, kwargs, device, precision, result, stats,
@@ -322,7 +329,8 @@ class VaeEngine:
             return original(x, *args, **kwargs)
 
     def _tiled(self, kind, original, x, args, kwargs, stats, lean):
-        plan = tiling.plan_for(self.module, kind, x, tile_px=self.options.tile_size, lean=lean)
+        untiled = tiling.untiled_bytes(self.module, kind, x, self._layers_in_use(x.device))
+        plan = tiling.plan_for(self.module, kind, x, tile_px=self.options.tile_size, lean=lean, ceiling=untiled)
         return tiling.run_tiled(original, self.module, kind, plan, x, args, kwargs, stats)
 
     def _on_cpu(self, kind, original, x, args, kwargs, stats):
@@ -368,7 +376,7 @@ class VaeEngine:
         failures are redone in its safe dtype while its blocks' ranges are measured again."""
         found = guard.nonfinite_samples(outputs.main_tensor(result))
         bad = found[~torch.isin(found, bad_input)]
-        mixed = bool(self._block_plan(precision, kind))
+        mixed = bool(self._block_plan(precision, kind)[0])
         dtype = precision.dtype if precision is not None else self._host_dtype()
         current = torch.float16 if mixed else dtype        # mixed's fast blocks are fp16
         label = "mixed" if mixed else current
@@ -378,7 +386,7 @@ class VaeEngine:
                 safer = torch.float32
             self._blocks.remove()
             self.caster.cast(safer)
-            measuring = self._blocks.measuring(self.module, kind) if mixed else contextlib.nullcontext()
+            measuring = self._blocks.measuring(kind) if mixed else contextlib.nullcontext()
             with _autocast_off(device), measuring:     # a host's autocast region would keep the unsafe dtype
                 redo = outputs.to_float32(self._run_sized(kind, original, x[bad.to(x.device)].to(device, safer),
                                                           args, kwargs, stats))

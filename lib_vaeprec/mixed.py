@@ -45,45 +45,58 @@ class BlockPrecision:
     """The measured ranges of one VAE's blocks, the dtypes chosen from them, and the hooks that cast each
     block's input to its dtype."""
 
-    def __init__(self):
+    def __init__(self, module):
+        self.module = module
         self.ranges = {}         # kind -> {block name: largest |activation| seen}
+        self._blocks = {}        # kind -> blocks_of(module, kind): the structure does not change
+        self._plans = {}         # (kind, fast, safe) -> (plan, {module name: dtype}), until the ranges change
         self._casts = []         # hook handles
+        self._installed = None   # the plan the hooks cast for
+
+    def blocks(self, kind):
+        if kind not in self._blocks:
+            self._blocks[kind] = blocks_of(self.module, kind)
+        return self._blocks[kind]
 
     def forget(self):
         """The weights changed (the host loaded others): measure again."""
         self.ranges.clear()
+        self._plans.clear()
 
     def measured(self, kind):
         return kind in self.ranges
 
-    def plan(self, module, kind, fast, safe):
-        """{block name: dtype} from the ranges, or {} before they are measured."""
+    def plan(self, kind, fast, safe):
+        """({block name: dtype}, {module name: dtype} for casting the weights) from the ranges, or ({}, {})
+        before they are measured."""
         ranges = self.ranges.get(kind)
         if ranges is None:
-            return {}
-        return {name: fast if ranges.get(name, float("inf")) * MARGIN < FP16_LARGEST else safe
-                for name, _ in blocks_of(module, kind)}
+            return {}, {}
+        key = (kind, fast, safe)
+        if key not in self._plans:
+            plan = {name: fast if ranges.get(name, float("inf")) * MARGIN < FP16_LARGEST else safe
+                    for name, _ in self.blocks(kind)}
+            names = {id(m): n for n, m in self.module.named_modules()}
+            self._plans[key] = (plan, {names[id(m)]: plan[name] for name, group in self.blocks(kind) for m in group})
+        return self._plans[key]
 
-    def module_dtypes(self, module, kind, plan):
-        """{module name: dtype} for every module of every block in `plan` (for casting the weights)."""
-        names = {id(m): n for n, m in module.named_modules()}
-        return {names[id(m)]: plan[name] for name, group in blocks_of(module, kind) if name in plan
-                for m in group}
-
-    def install(self, module, kind, plan):
+    def install(self, kind, plan):
         """Each block's input cast to the block's dtype (its weights already are)."""
+        if self._installed is plan:
+            return
         self.remove()
-        for name, group in blocks_of(module, kind):
-            if name in plan:
-                self._casts.append(group[0].register_forward_pre_hook(_cast_inputs(plan[name])))
+        for name, group in self.blocks(kind):
+            self._casts.append(group[0].register_forward_pre_hook(_cast_inputs(plan[name])))
+        self._installed = plan
 
     def remove(self):
         for handle in self._casts:
             handle.remove()
         self._casts.clear()
+        self._installed = None
 
     @contextlib.contextmanager
-    def measuring(self, module, kind):
+    def measuring(self, kind):
         """Keeps the largest |value| that each block takes in or gives out (its submodules' too) while the
         body runs, and adds it to the ranges (which only grow)."""
         largest, handles = {}, []
@@ -94,7 +107,7 @@ class BlockPrecision:
                     m = t.detach().abs().amax().float()
                     largest[name] = m if name not in largest else torch.maximum(largest[name], m)
 
-        for name, group in blocks_of(module, kind):
+        for name, group in self.blocks(kind):
             handles.append(group[0].register_forward_pre_hook(lambda m, args, name=name: keep(name, args)))
             for top in group:
                 for sub in top.modules():
@@ -107,6 +120,11 @@ class BlockPrecision:
         ranges = self.ranges.setdefault(kind, {})
         for name, value in largest.items():       # one sync per block, after the call
             ranges[name] = max(ranges.get(name, 0.0), float(value))
+        self._plans = {key: plan for key, plan in self._plans.items() if key[0] != kind}
+
+    def first_dtype(self, kind, plan):
+        """The dtype of the block that takes the call's input."""
+        return plan[self.blocks(kind)[0][0]]
 
     def label(self, plan, fast):
         """`fp16 11/16 blocks`: how many blocks ran in the fast format."""

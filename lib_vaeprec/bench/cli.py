@@ -25,6 +25,7 @@ DTYPES = ("fp32", "bf16", "fp16", "mixed")
 # a CPU, where a 1024² fp32 decode alone takes tens of seconds, one small size (under a minute on 2 cores,
 # its tiled rows included).
 DEFAULT_SIZES = {"accelerator": (1024, 2048), "cpu": (128,)}
+DEFAULT_FREE_GB = 2.0     # GPU memory the no-flag run's tiled rows have, as on a small card
 TF32_ROWS = {"both": (True, False), "on": (True,), "off": (False,)}
 FP32_NAMES = {None: "diffusers fp32", True: "diffusers fp32 (TF32)", False: "diffusers fp32 (strict)"}
 
@@ -75,12 +76,15 @@ def default_tile_px(largest_size):
     return min(vae_options.MAX_TILE_PX, max(64, largest_size // 4 // 8 * 8))
 
 
-def fp32_rows(caps, tf32="both"):
+def fp32_rows(caps, tf32="both", strict_sizes=()):
     """The plain fp32 baselines: on CUDA with TF32 (as the web UIs run it) and strict, as --tf32 asks;
-    one elsewhere (TF32 is CUDA's)."""
+    one elsewhere (TF32 is CUDA's). `strict_sizes`: where the strict row beside the TF32 one is timed
+    (empty: every size)."""
     if caps.kind != "cuda":
         return [runner.Variant(FP32_NAMES[None], "fp32", plain=True)]
-    return [runner.Variant(FP32_NAMES[on], "fp32", plain=True, tf32=on) for on in TF32_ROWS[tf32]]
+    return [runner.Variant(FP32_NAMES[on], "fp32", plain=True, tf32=on,
+                           sizes=strict_sizes if on is False and tf32 == "both" else ())
+            for on in TF32_ROWS[tf32]]
 
 
 # --speed names -> the options each sets (fused_upsample and fast_groupnorm are on by default, so their
@@ -111,8 +115,10 @@ def parser():
     p.add_argument("--tile-size", help="tile size in pixels for tiled rows, 64 to "
                    f"{vae_options.MAX_TILE_PX} or 0 (from free memory); default 0 with --tiling, a quarter of "
                    "the largest size for the default tiled row. The diffusers tiled row uses it too (0: diffusers' own)")
-    p.add_argument("--free-gb", type=float, default=0,
-                   help="run the tiled rows with only this much GPU memory free (as on a smaller card; CUDA)")
+    p.add_argument("--free-gb", type=float, default=None,
+                   help="run the tiled rows with only this much GPU memory free (as on a smaller card; CUDA). "
+                        f"Default: {DEFAULT_FREE_GB:g} for the no-flag run's tiled rows, so that both tilers work in "
+                        "the same small memory; else all memory")
     p.add_argument("--offload", help="also run these offload modes: " + ",".join(OFFLOAD_CHOICES))
     p.add_argument("--speed", help="also run these speed options on the main dtype: "
                    + ", ".join(SPEED_FLAGS) + " (join with +, e.g. compile+channels_last)")
@@ -176,7 +182,10 @@ def variants_from(args, caps, sizes):
 
     # What was asked is what is measured: an emulated dtype runs as asked (the default dtypes are native).
     untiled = dict(tiling="off", nan_fallback=False, avoid_emulated=False)
-    variants = [] if args.skip_fp32_timing else fp32_rows(caps, args.tf32)
+    # The no-flag run times strict fp32 at its smallest size only (1.8 s a call at 2048² on an H100): it
+    # must end within a minute; every PSNR still compares with strict fp32 at every size.
+    strict_sizes = (min(sizes),) if args.sizes is None else ()
+    variants = [] if args.skip_fp32_timing else fp32_rows(caps, args.tf32, strict_sizes)
     if not args.no_baseline:
         variants += [runner.Variant(f"diffusers {d}", d, plain=True) for d in dtypes if d in ("bf16", "fp16")]
     variants += [runner.Variant(f"vaeprec {d}", d, options=VaeOptions(dtype=d, **untiled)) for d in dtypes]
@@ -244,7 +253,7 @@ def device_from(text):
 def _numbers(args):
     if args.batch < 1 or args.runs < 1 or args.warmup < 0:
         raise UsageError("--batch and --runs must be at least 1, --warmup at least 0")
-    if not (math.isfinite(args.free_gb) and args.free_gb >= 0):
+    if args.free_gb is not None and not (math.isfinite(args.free_gb) and args.free_gb >= 0):
         raise UsageError(f"--free-gb must be a number of GB from 0 up, not {args.free_gb}")
     if not 0 <= args.seed < 2**63:
         raise UsageError("--seed must be from 0 to 2**63-1")
@@ -291,6 +300,9 @@ def main(argv=None):
         _numbers(args)
         device = device_from(args.device)
         caps = caps_of(device)
+        if args.free_gb is None:
+            no_flags = device.type == "cuda" and args.tiling is None and args.sizes is None
+            args.free_gb = DEFAULT_FREE_GB if no_flags else 0.0
         sizes = _sizes(args.sizes) if args.sizes is not None else default_sizes(caps)
         variants = variants_from(args, caps, sizes)
         report.prepare_out_dir(args.out)

@@ -88,6 +88,9 @@ def legend(rows, meta):
                  "untiled row of its dtype; 1st ms: the first call (weights cast, the shape met for the first time)")
     if any(row.get("nonfinite") for row in rows):
         lines.append(f"NaN: samples holding NaN/Inf; their PSNR and maxerr read {NONFINITE_MARK}")
+    if meta.get("free_gb") and any("tiled" in row["variant"] for row in rows):
+        lines.append(f"tiled rows: run with only {meta['free_gb']:g} GB of GPU memory free (as on a small card); "
+                     "the other rows with all of it")
     return "\n".join(lines)
 
 
@@ -216,6 +219,8 @@ def figure(rows, meta=None):
         title = f"{meta.get('vae', 'VAE')} on {meta.get('device', '?')}{batch}"
         if meta.get("baseline"):
             title += f"\n× = ratio to {meta['baseline']}"
+        if meta.get("free_gb") and any("tiled" in row["variant"] for row in rows):
+            title += f"; tiled rows with {meta['free_gb']:g} GB of GPU memory free"
         fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
     return fig
 

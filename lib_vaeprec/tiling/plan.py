@@ -97,14 +97,17 @@ class _Option:
     fits_too: bool = True        # a further condition of this option (an upsampler's look-ahead)
 
 
-def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=False, host_maps=None):
+def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=False, host_maps=None,
+              ceiling=None):
     """The plan for running `layout` (of a decoder or encoder, `kind`) on input `x`.
 
     `tile_px`: the band size as a square tile's side in pixels (0: from free memory). `lean`: hold as
     little on the device as possible (the last rung before the CPU). `host_maps`: whether maps may go to
-    host memory (default: where that is a pool of its own, beside a GPU)."""
+    host memory (default: where that is a pool of its own, beside a GPU). `ceiling`: plan as if at most
+    this much were free (the untiled call's estimate: a tiled call never takes more than that)."""
     device = x.device
     free = memory.free_bytes(device) if free_bytes is None else free_bytes
+    free = min(free, ceiling) if ceiling else free
     host_free = memory.host_available_bytes() if host_free is None else host_free
     itemsize = x.element_size()
     samples = x.shape[0]
@@ -113,8 +116,8 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
         band_elems = tile_px ** 2 * FULL_RES_CHANNELS * samples
     else:
         band_elems = max(smallest, int(WORK_SHARE * free / (WORK_BANDS * itemsize)))
-    if lean:
-        band_elems = min(band_elems, 4 * smallest)
+    if lean:      # half the band: less work memory, still few enough pieces to keep the device busy
+        band_elems = max(smallest, band_elems // 2)
     plan = Plan(band_elems=band_elems, work_bytes=WORK_BANDS * band_elems * itemsize, device=device,
                 samples=samples)
     budget = max(MAPS_SHARE * free, (LEAN_MAPS_SHARE * free - plan.work_bytes) if lean else 0)
@@ -131,7 +134,8 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
         out_b = map_bytes(step.shape, dtype)
         options = _options(step, held, out_b, following, host_allowed, budget)
         next_need = {id(o): _next_need(o, step, held, out_b, following, host_allowed, budget) for o in options}
-        chosen = _choose(options, budget, lean, lambda o: next_need[id(o)] <= budget)
+        # The output is the caller's: on the device wherever it fits, even when holding the least.
+        chosen = _choose(options, budget, lean and step.kind != "out", lambda o: next_need[id(o)] <= budget)
         if chosen is None:
             least = min(options, key=lambda o: max(o.device_bytes, next_need[id(o)]))
             short = step if least.device_bytes >= next_need[id(least)] else following

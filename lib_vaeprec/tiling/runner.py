@@ -199,9 +199,9 @@ class StageRunner:
         sink = MapSink(step.shape, step.where, self.plan.device)
         self.run_pass(x, fn, step.shape[1], halo=1, sink=sink)
         result = sink.map
-        if isinstance(result, HostMap):
+        if isinstance(result, HostMap):      # back on the device once every other map is gone
             result.finish()
-            return result.as_tensor()
+            return result.as_tensor().to(self.plan.device)
         return result
 
 

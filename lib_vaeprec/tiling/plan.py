@@ -117,7 +117,7 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
     else:
         band_elems = max(smallest, int(WORK_SHARE * free / (WORK_BANDS * itemsize)))
     if lean:      # half the band: less work memory, still few enough pieces to keep the device busy
-        band_elems = max(smallest, band_elems // 2)
+        band_elems = max(band_elems // 2, min(band_elems, smallest))
     plan = Plan(band_elems=band_elems, work_bytes=WORK_BANDS * band_elems * itemsize, device=device,
                 samples=samples)
     budget = max(MAPS_SHARE * free, (LEAN_MAPS_SHARE * free - plan.work_bytes) if lean else 0)

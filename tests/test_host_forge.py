@@ -147,7 +147,10 @@ def test_unload_detaches_and_gives_vae_dtype_back(forge):
     env = started(forge, dtype="bf16")
     env.render()
     vae = env.model().forge_objects.vae
-    assert len(env.adapter.patches) == 0     # Forge never loads weights into a loaded VAE: nothing wrapped
+    # Forge never loads weights into a loaded VAE: only its load-time dtype choice is wrapped
+    manager = env.mod("backend.memory_management")
+    assert len(env.adapter.patches) == 1 and hasattr(manager.vae_dtype, "vae_precision_original")
     env.mod("modules.script_callbacks").script_unloaded_callback()
+    assert not hasattr(manager.vae_dtype, "vae_precision_original")
     assert "decode" not in vae.first_stage_model.__dict__
     assert vae.vae_dtype == torch.float32 and dtypes_of(vae.first_stage_model) == {torch.float32}

@@ -88,6 +88,14 @@ def test_vae_in_flag_yields_and_it_says_so_once(forge, caplog):
     assert env.host_dtype_record() == torch.bfloat16
 
 
+def test_vae_in_cpu_is_not_a_dtype_choice(forge, caplog):
+    forge.mod("backend.args").args.vae_in_cpu = True
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        env = started(forge, dtype="fp32")
+        env.render()
+    assert not [r for r in caplog.records if "--vae-in-cpu" in r.getMessage()]
+
+
 def test_host_default_keeps_the_flag_dtype(forge, caplog):
     env = forge
     env.mod("backend.args").args.vae_in_bf16 = True

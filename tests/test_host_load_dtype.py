@@ -7,6 +7,7 @@ The hosts' load-time choices: A1111 `modules/sd_models.py` load_model_weights (m
 `ldm_patched/modules/model_management.py` vae_dtype(device, allowed_dtypes), read by
 `ldm_patched/modules/sd.py` VAE.__init__.
 """
+import logging
 import os
 import sys
 
@@ -132,6 +133,32 @@ def test_forge_host_default_hands_back_the_flags_bf16(forge):
     assert vae.vae_dtype == torch.bfloat16
     assert_weights_are(vae.first_stage_model, checkpoint, torch.bfloat16)
     assert "decode" not in vae.first_stage_model.__dict__
+
+
+def test_forge_a_vae_loaded_rounded_says_so_once(forge, caplog):
+    forge.mod("backend.args").args.vae_in_bf16 = True
+    env = forge.start()
+    set_option(env, dtype="host default")
+    env.render()                                       # loaded at the host's bf16
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        set_option(env, dtype="fp32")
+        env.render()
+        env.render()
+    said = [r.getMessage() for r in caplog.records if "rounded" in r.getMessage()]
+    assert len(said) == 1 and "bf16" in said[0] and "fp32" in said[0]
+
+
+def test_forge_an_unrounded_vae_says_nothing_of_rounding(forge, caplog):
+    forge.mod("backend.args").args.vae_in_bf16 = True
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        env = forge.start()
+        set_option(env, dtype="fp32")
+        env.render()
+        set_option(env, dtype="bf16")
+        env.render()
+        set_option(env, dtype="mixed")
+        env.render()
+    assert not [r for r in caplog.records if "rounded" in r.getMessage()]
 
 
 def test_forge_load_choice_is_the_hosts_while_host_default(forge):

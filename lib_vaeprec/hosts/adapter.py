@@ -19,6 +19,7 @@ import weakref
 import torch
 
 from ..casting import WeightCast
+from ..dtypes import name_of
 from ..engine import VaeEngine, engine_of, warn_once
 from ..options import DEFAULTS
 from ..policy import HOST_DEFAULT
@@ -162,6 +163,7 @@ class HostAdapter:
         precision = engine.prepare(device)
         target.hold.hold(precision.dtype)
         self._say_overridden()
+        self._say_if_rounded(engine, precision)
         return engine
 
     def _target(self, sd_model):
@@ -181,6 +183,17 @@ class HostAdapter:
         if others and message not in self._said:
             self._said.add(message)
             log.info(message)
+
+    def _say_if_rounded(self, engine, precision):
+        """A VAE the host loaded while the extension did not pick the dtype has the host's rounded weights:
+        the chosen dtype runs on them, which the console says once."""
+        rounded = {dtype for dtype in engine.caster.source_dtypes()
+                   if dtype != LOAD_DTYPE and (precision.mixed or dtype != precision.dtype)}
+        if rounded:
+            loaded_at = "/".join(sorted(name_of(dtype) for dtype in rounded))
+            warn_once(f"this VAE was loaded by the web UI at {loaded_at}, before VAE Precision picked its dtype: "
+                      f"{name_of(precision.dtype)} runs on {loaded_at}-rounded weights until the model is loaded "
+                      f"again")
 
     def _release(self, target, engine):
         target.hold.release()

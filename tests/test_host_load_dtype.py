@@ -95,6 +95,15 @@ def test_a1111_fp32_equals_no_half_vae(a1111):
 
 
 # ----- Forge: vae_dtype() decides the dtype the module is built and loaded in -----
+def forge_rendered_with_bf16_flag(forge, **settings):
+    """Forge started with --vae-in-bf16, the model loaded by a first render with these settings."""
+    forge.mod("backend.args").args.vae_in_bf16 = True
+    env = forge.start()
+    set_option(env, **settings)
+    env.render()
+    return env, env.model().forge_objects.vae
+
+
 def test_forge_vae_in_bf16_with_fp32_equals_vae_in_fp32(forge):
     args = forge.mod("backend.args").args
     args.vae_in_bf16 = True
@@ -118,11 +127,7 @@ def test_forge_vae_in_bf16_with_fp32_equals_vae_in_fp32(forge):
 
 
 def test_forge_host_default_hands_back_the_flags_bf16(forge):
-    forge.mod("backend.args").args.vae_in_bf16 = True
-    env = forge.start()
-    set_option(env, dtype="fp32")
-    env.render()
-    vae = env.model().forge_objects.vae
+    env, vae = forge_rendered_with_bf16_flag(forge, dtype="fp32")
     checkpoint = env.mod("modules.sd_models").checkpoints["a.safetensors"].state_dict
     set_option(env, dtype="host default")
     env.render()
@@ -136,10 +141,7 @@ def test_forge_host_default_hands_back_the_flags_bf16(forge):
 
 
 def test_forge_a_vae_loaded_rounded_says_so_once(forge, caplog):
-    forge.mod("backend.args").args.vae_in_bf16 = True
-    env = forge.start()
-    set_option(env, dtype="host default")
-    env.render()                                       # loaded at the host's bf16
+    env, _ = forge_rendered_with_bf16_flag(forge, dtype="host default")     # loaded at the host's bf16
     with caplog.at_level(logging.WARNING, logger="vae_precision"):
         set_option(env, dtype="fp32")
         env.render()
@@ -162,11 +164,7 @@ def test_forge_an_unrounded_vae_says_nothing_of_rounding(forge, caplog):
 
 
 def test_forge_load_choice_is_the_hosts_while_host_default(forge):
-    forge.mod("backend.args").args.vae_in_bf16 = True
-    env = forge.start()
-    set_option(env, dtype="host default")
-    env.render()
-    vae = env.model().forge_objects.vae
+    env, vae = forge_rendered_with_bf16_flag(forge, dtype="host default")
     assert vae.vae_dtype == torch.bfloat16 and dtypes_of(vae.first_stage_model) == {torch.bfloat16}
     assert env.mod("backend.memory_management").vae_dtype() == torch.bfloat16
 

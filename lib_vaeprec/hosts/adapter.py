@@ -185,15 +185,16 @@ class HostAdapter:
             log.info(message)
 
     def _say_if_rounded(self, engine, precision):
-        """A VAE the host loaded while the extension did not pick the dtype has the host's rounded weights:
-        the chosen dtype runs on them, which the console says once."""
+        """A VAE the host loaded while the extension did not pick the dtype (or that was handed back with the
+        extension switched off in the settings) has the host's rounded weights: the chosen dtype runs on them,
+        which the console says once."""
         rounded = {dtype for dtype in engine.caster.source_dtypes()
                    if dtype != LOAD_DTYPE and (precision.mixed or dtype != precision.dtype)}
         if rounded:
             loaded_at = "/".join(sorted(name_of(dtype) for dtype in rounded))
-            warn_once(f"this VAE was loaded by the web UI at {loaded_at}, before VAE Precision picked its dtype: "
-                      f"{name_of(precision.dtype)} runs on {loaded_at}-rounded weights until the model is loaded "
-                      f"again")
+            warn_once(f"this VAE holds the web UI's {loaded_at}-rounded weights (it was loaded, or handed back, "
+                      f"while VAE Precision did not pick the dtype): {name_of(precision.dtype)} runs on them until "
+                      f"the model is loaded again")
 
     def _release(self, target, engine):
         target.hold.release()

@@ -66,6 +66,11 @@ class WeightCast:
             self._plan_key = (dtype, per_module)
         return self._plan
 
+    def source_dtypes(self):
+        """The dtypes of the weights as the host has them: the originals where we cast, else the module's."""
+        return {original.dtype for original in self._originals.values()} | {
+            _get(slot).dtype for slot in slots(self.module, floating_only=True) if slot not in self._originals}
+
     def restore(self):
         """Puts the original tensors back, on whatever device the host has the module now."""
         self.adopt_host_changes()

@@ -74,6 +74,30 @@ def test_host_flags_yield_to_the_extension_and_it_says_so_once(a1111, caplog):
     assert env.mod("modules.devices").dtype_vae == torch.bfloat16
 
 
+def test_default_start_warns_about_nothing_the_user_did_not_choose(a1111, caplog):
+    env = a1111
+    env.mod("modules.shared").cmd_opts.no_half = False     # no flag given; the NaN retry setting on by default
+    with caplog.at_level(logging.INFO, logger="vae_precision"):
+        started(env, dtype="bf16")
+        env.render()
+        env.render()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "chosen by" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "Automatically revert VAE to 32-bit floats" in r.getMessage()]
+    assert len(said) == 1 and [r.levelno for r in caplog.records if r.getMessage() == said[0]] == [logging.INFO]
+
+
+def test_a_setting_changed_from_its_default_is_warned_about(a1111, caplog):
+    env = a1111
+    env.mod("modules.shared").cmd_opts.no_half = False
+    env.start(load_model=False)
+    env.opts.set("auto_vae_precision", False)
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        env.opts.set("vae_precision_dtype", "bf16")
+        env.mod("modules.sd_models").load_model()
+    said = [r.getMessage() for r in caplog.records if "chosen by" in r.getMessage()]
+    assert len(said) == 1 and "'Automatically revert VAE to 32-bit floats' (off)" in said[0]
+
+
 def test_host_default_leaves_host_flags_alone(a1111, caplog):
     env = a1111
     env.mod("modules.shared").cmd_opts.no_half_vae = True

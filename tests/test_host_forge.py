@@ -89,6 +89,14 @@ def test_vae_in_flag_yields_and_it_says_so_once(forge, caplog):
     assert env.host_dtype_record() == torch.bfloat16
 
 
+def test_vae_in_cpu_is_not_a_dtype_choice(forge, caplog):
+    forge.mod("backend.args").args.vae_in_cpu = True
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        env = started(forge, dtype="fp32")
+        env.render()
+    assert not [r for r in caplog.records if "--vae-in-cpu" in r.getMessage()]
+
+
 def test_host_default_keeps_the_flag_dtype(forge, caplog):
     env = forge
     env.mod("backend.args").args.vae_in_bf16 = True
@@ -148,7 +156,10 @@ def test_unload_detaches_and_gives_vae_dtype_back(forge):
     env = started(forge, dtype="bf16")
     env.render()
     vae = env.model().forge_objects.vae
-    assert len(env.adapter.patches) == 0     # Forge never loads weights into a loaded VAE: nothing wrapped
+    # Forge never loads weights into a loaded VAE: only its load-time dtype choice is wrapped
+    manager = env.mod("backend.memory_management")
+    assert len(env.adapter.patches) == 1 and hasattr(manager.vae_dtype, "vae_precision_original")
     env.mod("modules.script_callbacks").script_unloaded_callback()
+    assert not hasattr(manager.vae_dtype, "vae_precision_original")
     assert "decode" not in vae.first_stage_model.__dict__
     assert vae.vae_dtype == torch.float32 and dtypes_of(vae.first_stage_model) == {torch.float32}

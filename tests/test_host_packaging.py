@@ -66,8 +66,9 @@ def test_entry_point_defines_one_script_and_registers_callbacks(a1111):
     entry = env.load_extension()
     assert len(env.script_classes) == 1
     callbacks = env.mod("modules.script_callbacks")
-    for category in ("model_loaded", "ui_settings", "script_unloaded"):
+    for category in ("model_loaded", "script_unloaded"):
         assert callbacks.registered(category) == ["vae_precision"]
+    assert "vae_precision_dtype" in env.opts.data_labels      # the settings, before any UI is built
     script = env.script_classes[0]()
     assert script.title() == "VAE Precision" and script.show(False) is env.mod("modules.scripts").AlwaysVisible
     assert len(open(entry.__file__, encoding="utf8").read().splitlines()) < 20    # logic lives in lib_vaeprec

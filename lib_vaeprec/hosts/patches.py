@@ -1,4 +1,5 @@
-"""Host functions the extension wraps, and putting the very same function objects back on unload."""
+"""Host functions (and the odd host attribute) the extension replaces, and putting the very same objects back
+on unload."""
 import functools
 import logging
 
@@ -28,6 +29,12 @@ class Patches:
         setattr(owner, name, wrapper)
         self._applied.append((owner, name, original, wrapper, state))
         return True
+
+    def replace(self, owner, name, value):
+        """Sets owner.name to `value`; restore_all puts the host's own object back."""
+        original = getattr(owner, name)
+        setattr(owner, name, value)
+        self._applied.append((owner, name, original, value, {"active": True}))
 
     def restore_all(self):
         for owner, name, original, wrapper, state in reversed(self._applied):

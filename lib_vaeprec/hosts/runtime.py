@@ -30,10 +30,12 @@ def forget():
 
 
 def register(script_callbacks):
-    """Registers the web UI callbacks (called by scripts/vae_precision.py when the host loads it)."""
+    """Adds the settings and registers the web UI callbacks (called by scripts/vae_precision.py when the
+    host loads it)."""
     rt = get()
+    settings.register()
+    settings.expose_over_api(rt.adapter.patches)
     for register_fn, callback in ((script_callbacks.on_model_loaded, rt.on_model_loaded),
-                                  (script_callbacks.on_ui_settings, rt.on_ui_settings),
                                   (script_callbacks.on_script_unloaded, rt.on_script_unloaded)):
         try:
             register_fn(callback, name=CALLBACK_NAME)
@@ -62,9 +64,6 @@ class Runtime:
     def on_model_loaded(self, sd_model):
         if not self.closed:
             self.adapter.apply(sd_model)
-
-    def on_ui_settings(self):
-        settings.register()
 
     def on_script_unloaded(self):
         if self.closed:

@@ -1,10 +1,18 @@
-"""The "VAE Precision" section in the web UI's Settings, and reading it back as VaeOptions.
+"""The "VAE Precision" section in the web UI's Settings, the same options over the API
+(GET/POST /sdapi/v1/options), and reading them back as VaeOptions.
+
+Registered when the extension loads, not from `on_ui_settings`: with --nowebui that callback never runs
+(only `modules/ui_settings.py` create_ui calls it), and the web UI builds the options model of its API
+(`modules/api/models.py` OptionsModel, from `opts.data_labels`) when that module is first imported, which
+in Forge and reForge is before our script loads (their built-in ControlNet imports `modules.api`).
 
 Read at every render, not cached: a changed setting applies to the next image without a restart, and
 A1111/Forge apply a request's `override_settings` to `shared.opts` itself (after `before_process`), so
 reading `shared.opts` in `process` sees them.
 """
+import sys
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from ..options import DEFAULTS, MAX_TILE_PX, OFFLOAD_CHOICES, TILING_CHOICES, merge
 from ..policy import CHOICES as DTYPE_CHOICES
@@ -77,13 +85,38 @@ SPECS = (
 
 
 def register(shared=None, gr=None):
-    """Adds the options (on_ui_settings callback)."""
+    """Adds the options to the web UI's settings (when the extension loads)."""
     if shared is None:
         from modules import shared
     if gr is None:
         import gradio as gr
     for spec in SPECS:
         shared.opts.add_option(spec.key, _option_info(shared, spec, getattr(gr, spec.component)).info(spec.info))
+
+
+def expose_over_api(patches, opts=None):
+    """Lists the options in GET /sdapi/v1/options where the API's options model was built without them.
+
+    `modules/api/api.py` `Api.__init__` gives that route `response_model=models.OptionsModel`, read when the
+    web UI creates the API, after every script has loaded; the response lists only the model's fields. If
+    `modules/api/models.py` was imported before us, its OptionsModel is replaced by one extended with our
+    fields, typed the way that module types every option (restored on unload)."""
+    models = sys.modules.get("modules.api.models")
+    base = getattr(models, "OptionsModel", None)
+    if base is None:
+        return False       # built later, from opts.data_labels, ours included
+    if opts is None:
+        from modules import shared
+        opts = shared.opts
+    known = getattr(base, "model_fields", None) or base.__fields__     # pydantic 2 (Forge) or 1 (A1111, reForge)
+    typemap = getattr(opts, "typemap", {})
+    fields = {spec.key: (Optional[typemap.get(type(spec.default), type(spec.default)) if spec.default else Any],
+                         models.Field(default=spec.default, description=spec.label))
+              for spec in SPECS if spec.key not in known}
+    if not fields:
+        return False
+    patches.replace(models, "OptionsModel", models.create_model("Options", __base__=base, **fields))
+    return True
 
 
 def _option_info(shared, spec, component):

@@ -142,9 +142,9 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
             raise PlanError(f"its {short.kind} stage needs {_size(max(least.device_bytes, next_need[id(least)]))} "
                             f"of device memory for maps and {_size(budget)} is there for them")
         step.where, step.keep_h = chosen.where, chosen.keep_h
-        # The attention's chunks of scores get what the maps leave of the maps' and the work's shares.
-        step.work_bytes = plan.work_bytes if step.kind != "attention" else \
-            int(max(plan.work_bytes, (MAPS_SHARE + WORK_SHARE) * free - chosen.device_bytes))
+        # The attention's chunks of scores get the work's share too, no more: a 2048² encode with 2 GB free
+        # ran out of memory when they took what the maps left (H100).
+        step.work_bytes = plan.work_bytes
         after, added_host = _after(step, held, out_b)
         device_peak = max(device_peak, chosen.device_bytes)
         host_peak = max(host_peak, held.host_bytes + added_host)

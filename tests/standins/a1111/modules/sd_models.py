@@ -27,8 +27,17 @@ model_data = SdModelData()
 
 def load_model_weights(model, checkpoint_info, state_dict, timer):
     # real: load_model_weights(model, checkpoint_info: CheckpointInfo, state_dict, timer): loads the state dict
-    # into the model (in place), casts the VAE to devices.dtype_vae, then loads the VAE chosen for it.
+    # into the model (in place); model.float() with --no-half, else model.half() with the VAE taken out of the
+    # model only under --no-half-vae; casts the VAE to devices.dtype_vae, then loads the VAE chosen for it.
     model.load_state_dict(state_dict, strict=False)
+    if shared.cmd_opts.no_half:
+        model.float()
+    else:
+        vae = model.first_stage_model
+        if shared.cmd_opts.no_half_vae:
+            model.first_stage_model = None
+        model.half()
+        model.first_stage_model = vae
     model.first_stage_model.to(devices.dtype_vae)
     model.sd_checkpoint_info = checkpoint_info
     sd_vae.delete_base_vae()

@@ -20,6 +20,8 @@ class OptionInfo:
 
 class Options:
     # real: class Options: data / data_labels; __getattr__ falls back to the label's default
+    typemap = {int: float}   # real: Options.typemap
+
     def __init__(self, data_labels):
         super().__setattr__("data_labels", dict(data_labels))
         super().__setattr__("data", {k: v.default for k, v in data_labels.items()})
@@ -43,8 +45,8 @@ class Options:
         old = self.data.get(key)
         if old == value:
             return False
+        info = self.data_labels[key]        # real: an unknown key raises KeyError
         self.data[key] = value
-        info = self.data_labels.get(key)
         if run_callbacks and info is not None and info.onchange is not None:
             try:
                 info.onchange()

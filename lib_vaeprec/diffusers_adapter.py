@@ -9,27 +9,36 @@
 diffusers' own switches keep working beside it: with the VAE in bf16, the SDXL pipelines'
 `force_upcast` path (taken only for an fp16 VAE) is not triggered.
 """
+import torch
+
 from .engine import VaeEngine, engine_of
 from .options import DEFAULTS, merge
 
+_KEEP = object()     # apply() without on_call keeps the callback an earlier apply() set
+
 
 def _vae_of(target):
+    """The VAE of a pipeline, or the VAE itself: a torch module with callable decode and encode."""
     vae = getattr(target, "vae", target)
-    if not (hasattr(vae, "decode") and hasattr(vae, "encode")):
-        raise TypeError(f"{type(target).__name__} is neither a pipeline with a .vae nor a VAE")
+    if not (isinstance(vae, torch.nn.Module) and callable(getattr(vae, "decode", None))
+            and callable(getattr(vae, "encode", None))):
+        raise TypeError(f"{type(target).__name__} is neither a pipeline with a .vae nor a VAE (a torch module "
+                        f"with decode and encode)")
     return vae
 
 
-def apply(target, on_call=None, **options):
-    """Attaches (or reconfigures) VAE Precision on `target`; keyword arguments are VaeOptions fields."""
+def apply(target, on_call=_KEEP, **options):
+    """Attaches (or reconfigures) VAE Precision on `target`; keyword arguments are VaeOptions fields.
+    `on_call` receives each call's CallStats; None removes a callback set before."""
     vae = _vae_of(target)
     chosen = merge(DEFAULTS, options, source="lib_vaeprec.apply argument")
     engine = engine_of(vae)
     if engine is None:
-        engine = VaeEngine(vae, chosen, on_call=on_call).attach()
+        engine = VaeEngine(vae, chosen, on_call=None if on_call is _KEEP else on_call).attach()
     else:
         engine.set_options(chosen)
-        engine.on_call = on_call or engine.on_call
+        if on_call is not _KEEP:
+            engine.on_call = on_call
     return engine
 
 

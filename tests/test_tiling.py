@@ -312,21 +312,29 @@ def test_a_plan_that_does_not_fit_hands_over_to_the_next_rung(vae, monkeypatch, 
 
 
 def test_the_last_rung_is_the_cpu(monkeypatch):
-    """Every device rung runs out of memory: the call ends on the CPU, in what the CPU runs natively,
-    and the weights are back in the chosen dtype afterwards. (Here the 'device' is the CPU itself, in
-    bf16; what fails is every bf16 call.)"""
+    """Every device rung runs out of memory: the call ends on the CPU, in what the CPU runs natively, and
+    the weights are back in the chosen dtype afterwards. (Here the 'device' is the CPU itself, in bf16, and
+    every call outside the CPU rung fails.)"""
     vae = make_vae()
     z = smooth_latents(1, 8, 8)
     with torch.no_grad():
         reference = vae.decode(z).sample
+    on_cpu_rung = []
 
-    def bf16_is_out_of_memory(module, args):
-        if args[0].dtype == torch.bfloat16:
+    def out_of_memory_but_on_the_cpu_rung(module, args):
+        if not on_cpu_rung:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    handle = vae.decoder.conv_in.register_forward_pre_hook(bf16_is_out_of_memory)
+    handle = vae.decoder.conv_in.register_forward_pre_hook(out_of_memory_but_on_the_cpu_rung)
     engine = VaeEngine(vae, VaeOptions(dtype="bf16", avoid_emulated=False, tiling="auto")).attach()
-    rungs = engine._rungs
-    monkeypatch.setattr(engine, "_rungs", lambda *call: rungs(*call) + [("on the CPU", lambda: engine._on_cpu(*call))])
+    rungs, on_cpu = engine._rungs, engine._on_cpu
+
+    def cpu_rung(*call):
+        on_cpu_rung.append(True)
+        try:
+            return on_cpu(*call)
+        finally:
+            on_cpu_rung.clear()
+    monkeypatch.setattr(engine, "_rungs", lambda *call: rungs(*call) + [("on the CPU", lambda: cpu_rung(*call))])
     monkeypatch.setattr(tiling.plan.memory, "free_bytes", lambda device: 1e5)   # no room to run untiled
     try:
         with torch.no_grad():

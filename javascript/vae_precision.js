@@ -3,10 +3,10 @@
 (function() {
     var hints = {
         enabled: "Off: the web UI's own VAE code runs untouched, with its own dtype.",
-        dtype: "Precision of the VAE. host default: what the web UI would use. auto: bf16 where the GPU runs it natively, else fp16 if this VAE is safe in it, else fp32. mixed: bf16/fp16 with normalisation layers and the output convolution in fp32.",
+        dtype: "Precision of the VAE. host default: what the web UI would use. mixed: each block of the VAE in fp16 where its measured values fit fp16, else in bf16 (the first call measures, in bf16). auto: mixed on GPUs that run fp16 and bf16 natively, else bf16 where native, else fp16 if this VAE is safe in it, else fp32.",
         avoid_emulated: "A forced bf16 or fp16 that this device has no native instructions for runs orders of magnitude slower: run fp32 instead (the image's parameters say so). Off: force it anyway.",
         nan_fallback: "Images that come out with NaN/Inf (black images) are decoded again at a safer dtype: fp16, then bf16, then fp32. Only those images.",
-        tiling: "off: never tile. auto: tile when the image would not fit free memory, or after running out of memory. always: always tile.",
+        tiling: "off: never tile. auto: tile when the image would not fit free memory, or after running out of memory. always: always tile. Tiles are seamless; large maps wait in host memory when the GPU is short, and an out-of-memory call goes on with less memory, then on the CPU.",
         tile_size: "Tile size in pixels, 64 to 8192; 0 or auto: sized from free memory.",
         offload: "Where the VAE weights stay between and during decodes: keep on GPU, offload to CPU after use, sequential (layer by layer), or decode on CPU.",
         free_memory: "Empty the GPU memory cache after each VAE call: slower, leaves more memory to other programs.",

@@ -44,15 +44,17 @@ SPECS = (
     Spec("enabled", DEFAULTS.enabled, "Enable VAE Precision", "Checkbox",
          info="off: the web UI's own VAE code runs untouched"),
     Spec("dtype", DEFAULTS.dtype, "VAE dtype", "Dropdown", {"choices": list(DTYPE_CHOICES)},
-         info="host default: the web UI decides; auto: bf16 where the GPU runs it natively, else fp16 when "
-              "safe, else fp32; mixed: bf16/fp16 with norms and output conv in fp32"),
+         info="host default: the web UI decides; mixed: each block in fp16 where its measured values fit, else "
+              "bf16; auto: mixed on GPUs with native fp16 and bf16, else bf16 where native, else fp16 when safe, "
+              "else fp32"),
     Spec("avoid_emulated", DEFAULTS.avoid_emulated, "Avoid emulated dtypes", "Checkbox",
          info="a forced bf16/fp16 that the device only emulates runs as fp32 (a CPU without native fp16 took "
               "35-103 s for one 64x64 fp16 decode, fp32 under 1 s); off: the forced dtype runs anyway"),
     Spec("nan_fallback", DEFAULTS.nan_fallback, "Redo NaN/Inf images at a safer dtype", "Checkbox",
          info="fp16 -> bf16 -> fp32, only for the images that came out broken"),
     Spec("tiling", DEFAULTS.tiling, "Tiled VAE", "Radio", {"choices": list(TILING_CHOICES)},
-         info="auto: tile when the image would not fit free memory, or after running out of memory"),
+         info="auto: tile when the image would not fit free memory, or after running out of memory; out of memory "
+              "goes on tiled with less memory, then on the CPU"),
     Spec("tile_size", DEFAULTS.tile_size, "Tile size (pixels)", "Slider",
          {"minimum": 0, "maximum": MAX_TILE_PX, "step": 64},
          info="0 = sized from free memory"),

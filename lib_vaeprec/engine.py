@@ -26,7 +26,9 @@ from .stats import CallStats, measure
 
 log = logging.getLogger("vae_precision")
 _warned = set()
-_ENGINES = weakref.WeakKeyDictionary()     # module -> the engine attached to it
+# module -> weak reference to the engine attached to it. Both weak: the engine lives as long as its wrapper
+# on the module, and a module the host drops is freed with its engine.
+_ENGINES = weakref.WeakKeyDictionary()
 
 
 def warn_once(message):
@@ -66,7 +68,7 @@ class VaeEngine:
             if self.attached:
                 return self
             self._attach()
-            _ENGINES[self.module] = self
+            _ENGINES[self.module] = weakref.ref(self)
             return self
 
     def _attach(self):
@@ -102,7 +104,7 @@ class VaeEngine:
                 else:
                     setattr(self.module, name, previous)
             self._shadowed.clear()
-            if _ENGINES.get(self.module) is self:
+            if engine_of(self.module) is self:
                 del _ENGINES[self.module]
             self.release_weights()
 
@@ -351,9 +353,10 @@ class VaeEngine:
             result = self._run_sized(kind, original, x_cpu, args, kwargs, stats)
             return outputs.to_float32(result)
         finally:
-            self._prepare_weights(self.precision_for(x.device))
+            back = self.precision_for(x.device)
+            self._prepare_weights(back, kind)
             mover.return_home(self.module)
-            self._apply_speed_options(x, x.device)
+            self._apply_speed_options(x, x.device, host_arithmetic=back is None)
             if sequential:
                 self.offloader.before_call(self.module, x.device)
 
@@ -467,7 +470,8 @@ def _to_device(result, device):
 
 def engine_of(module):
     """The engine attached to `module`, if any (also under a wrapper put on top of ours later)."""
-    engine = _ENGINES.get(module)
+    ref = _ENGINES.get(module)
+    engine = ref() if ref is not None else None
     if engine is not None:
         return engine
     wrapper = module.__dict__.get("decode")

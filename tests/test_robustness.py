@@ -205,3 +205,17 @@ def test_mixed_with_tiling_decodes(monkeypatch):
         second = vae.decode(torch.randn(1, 4, 8, 8)).sample
     assert torch.isfinite(first).all() and torch.isfinite(second).all()
     lib_vaeprec.remove(vae)
+
+
+def test_a_vae_the_host_drops_is_freed_with_its_engine():
+    """Forge builds a new VAE for every checkpoint and drops the old one without detaching."""
+    import gc
+    import weakref
+    vae = make_vae()
+    lib_vaeprec.apply(vae, dtype="fp32", tiling="off")
+    with torch.no_grad():
+        vae.decode(latents(batch=1, size=8))
+    gone = weakref.ref(vae)
+    del vae
+    gc.collect()
+    assert gone() is None

@@ -89,6 +89,11 @@ class HostMap:
     def nbytes(self):
         return self.rows.numel() * self.rows.element_size()
 
+    @property
+    def map(self):
+        """As a writer (written over its own input, see Lagged): the map written is itself."""
+        return self
+
     def _from_rows(self, rows):
         return rows.permute(1, 3, 0, 2) if self.channels_last else rows.permute(1, 2, 0, 3)
 
@@ -189,6 +194,10 @@ class Lagged:
 
     def __init__(self, sink):
         self.sink, self._pending = sink, None
+
+    @property
+    def map(self):
+        return self.sink.map
 
     def write(self, r0, r1, band):
         if self._pending is not None:

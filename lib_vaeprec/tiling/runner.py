@@ -23,7 +23,7 @@ class MapSink:
     """A new map where the plan puts it ("device" or "host"), allocated at its first band."""
 
     def __init__(self, shape, where, device):
-        self.shape, self.where, self.device = tuple(shape), where, device
+        self.shape, self.device = tuple(shape), device
         self._device = DeviceSink(shape) if where == "device" else None
         self._host = None
 
@@ -80,13 +80,6 @@ class StageRunner:
             return Lagged(source if isinstance(source, HostMap) else TensorSink(source))
         return MapSink(step.shape, step.where, self.plan.device)
 
-    @staticmethod
-    def _result(sink, source):
-        if isinstance(sink, Lagged):
-            inner = sink.sink
-            return inner if isinstance(inner, HostMap) else inner.map
-        return sink.map
-
     def _input(self, band, step):
         band = band.to(step.dtype) if step.dtype is not None else band
         return fast_groupnorm.to_channels_last(band) if step.channels_last else band
@@ -122,7 +115,7 @@ class StageRunner:
             # pad (0, 1, 0, 1) + stride-2 conv: even-aligned bands with a 2-row halo give exact cores.
             self.run_pass(x, lambda band, r0, r1: step.module(self._input(band, step)), step.shape[1], halo,
                           sink, out_stats, scale=scale, align=align)
-            result = self._result(sink, x)
+            result = sink.map
         return result, out_stats
 
     def resnet(self, step, x, stats1, out_stats):
@@ -160,7 +153,7 @@ class StageRunner:
 
         sink = self._sink(step, x)
         self.run_pass(x, whole_block, step.shape[1], halo=1 if h is not None else 2, sink=sink, stats=out_stats)
-        return self._result(sink, x)
+        return sink.map
 
     def attention(self, step, parts, x, x_stats, out_stats):
         if x_stats is None:
@@ -175,7 +168,7 @@ class StageRunner:
         self.run_pass(x, lambda band, r0, r1: attention.answer(parts, self._input(band, step), x_stats, keys,
                                                                values, work),
                       c, halo=0, sink=sink, stats=out_stats)
-        return self._result(sink, x)
+        return sink.map
 
     def whole(self, step, x):
         """A block of unknown structure, run on the whole map on the device."""

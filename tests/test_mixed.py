@@ -125,4 +125,5 @@ def test_detach_after_mixed_restores_the_vae_bitwise():
     engine, _ = decode_with(vae, VaeOptions(dtype="mixed", tiling="off"), latents(), latents())
     engine.detach()
     assert_same(vae, before)
-    assert not any(m._forward_pre_hooks for m in vae.modules())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in vae.modules())
+    assert not [m for m in vae.modules() if "forward" in m.__dict__]

@@ -258,6 +258,25 @@ def test_engine_always_tiles_and_reports_it(vae):
         engine.detach()
 
 
+@pytest.mark.parametrize("kind", ["decode", "encode"])
+def test_an_image_no_larger_than_one_tile_runs_in_one_piece(kind):
+    """A 64x64 image with 64 px tiles, through maps wider than 128 channels at full resolution (as the SD
+    decoder's 256-channel maps after its last-but-one upsampler): one piece, not split, so no tiles are
+    reported (a 64x64 render in the web UIs with tiling `always` was split in two)."""
+    vae = make_vae(block_out_channels=(128, 256), norm_num_groups=32, layers_per_block=1)
+    x = smooth_latents(1, 32, 32) if kind == "decode" else torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        reference = result_of(kind, vae.decode(x) if kind == "decode" else vae.encode(x))
+    engine = VaeEngine(vae, VaeOptions(dtype="fp32", tiling="always", tile_size=64)).attach()
+    try:
+        with torch.no_grad():
+            out = result_of(kind, vae.decode(x) if kind == "decode" else vae.encode(x))
+    finally:
+        engine.detach()
+    assert engine.last_call.tiles == 1 and not engine.last_call.split
+    assert (out - reference).abs().max() < 1e-3
+
+
 def test_out_of_memory_untiled_is_redone_tiled(vae):
     z = smooth_latents(1, 64, 64)
     with torch.no_grad():

@@ -116,6 +116,7 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
         band_elems = tile_px ** 2 * FULL_RES_CHANNELS * samples
     else:
         band_elems = max(smallest, int(WORK_SHARE * free / (WORK_BANDS * itemsize)))
+    band_elems = _whole_maps_if_one_tile(band_elems, layout, x.shape)
     if lean:      # half the band: less work memory, still few enough pieces to keep the device busy
         band_elems = max(band_elems // 2, min(band_elems, smallest))
     plan = Plan(band_elems=band_elems, work_bytes=WORK_BANDS * band_elems * itemsize, device=device,
@@ -155,6 +156,20 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
         raise PlanError(f"its maps need {_size(plan.host_bytes)} of host memory and {_size(host_free)} is "
                         f"available")
     return plan
+
+
+def _whole_maps_if_one_tile(band_elems, layout, shape):
+    """A band holding every whole map where the image is no larger than one tile, so it runs in one piece
+    (a tile counts 128 channels a pixel; the SD decoder's 256-channel maps at full resolution would
+    otherwise be cut in two)."""
+    shapes = [tuple(shape)]
+    for kind, module in layout.stages + [("conv", layout.conv_out)]:
+        n, c, h, w = shapes[-1]
+        shapes.append((n, out_channels(kind, module) or c) + out_size(kind, h, w))
+    image_px = max(h * w for _, _, h, w in shapes)
+    if image_px * FULL_RES_CHANNELS * shape[0] > band_elems:
+        return band_elems
+    return max(band_elems, max(math.prod(s) for s in shapes))
 
 
 def _out_shape(step, shape):

@@ -158,6 +158,12 @@ class VaeEngine:
         self._blocks.remove()
         return precision.dtype
 
+    def rounded_weights(self):
+        """The 16-bit dtypes the weights had been rounded to before this engine cast them (a VAE the host
+        loaded at that dtype): what runs at a wider dtype starts from them."""
+        return sorted({d for d in self.caster.source_dtypes() if d in (torch.float16, torch.bfloat16)},
+                      key=dtypes.name_of)
+
     def _block_plan(self, precision, kind):
         """mixed: ({block name: dtype}, {module name: dtype}) once the blocks of `kind` are measured."""
         if precision is None or not precision.mixed or kind is None:
@@ -211,6 +217,8 @@ class VaeEngine:
             with torch.no_grad(), own_dtype, _cudnn_benchmark(opts.cudnn_benchmark), measure(stats, device):
                 self.offloader.before_call(self.module, device)
                 dtype = self._prepare_weights(precision, kind)
+                if precision is not None:
+                    stats.rounded_weights = "/".join(dtypes.name_of(d) for d in self.rounded_weights())
                 plan, _ = self._block_plan(precision, kind)
                 stats.dtype = "mixed" if plan else dtypes.name_of(dtype)
                 stats.blocks = self._blocks.label(plan, torch.float16)

@@ -65,12 +65,12 @@ def _nonfinite(gen):
 
 def _dtype(options, gen):
     """`fp16 (bf16)` after every image was redone in bf16, `auto (bf16)`, `fp16 (fp32 as cpu emulates fp16)`,
-    `mixed (fp16 11/16 blocks)`."""
+    `mixed (fp16 11/16 blocks)`, `fp32 (on bf16-rounded weights)`."""
     used = "/".join(gen.dtypes())
-    detail = used if used != options.dtype else ""
-    for forced, device in gen.emulated():
-        detail += f" as {device} emulates {forced}"
-    return f"{options.dtype} ({detail})" if detail else options.dtype
+    details = [used] if used != options.dtype else []
+    details += [f"as {device} emulates {forced}" for forced, device in gen.emulated()]
+    details += [f"on {rounded}-rounded weights" for rounded in gen.rounded_weights()]
+    return f"{options.dtype} ({' '.join(details)})" if details else options.dtype
 
 
 def _offload(options, gen):

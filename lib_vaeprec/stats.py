@@ -24,6 +24,8 @@ class CallStats:
     samples: int = 0
     device: str = ""                   # type of the device the pixels were computed on ("cuda", "cpu", ...)
     emulated: str = ""                 # a forced dtype the device only emulates, run as `dtype` instead
+    rounded_weights: str = ""          # "bf16", "fp16": what the weights were rounded to before the engine cast
+                                       # them (a VAE the host loaded at that dtype)
     tiles: int = 0                     # bands of the most finely split stage (0: untiled; 1: not split)
     tile_px: int = 0
     rungs_failed: list = field(default_factory=list)   # memory rungs that ran out of memory before the one that ran
@@ -115,6 +117,16 @@ class GenerationStats:
     def emulated(self):
         """(forced dtype, device) pairs where a dtype the device only emulates was run as another."""
         return sorted({(c.emulated, c.device) for c in self.calls if c.emulated})
+
+    def rounded_weights(self):
+        """The narrower dtypes the weights had been rounded to, where pixels came from another dtype: those
+        are not that dtype's pixels (fp32 arithmetic on bf16-rounded weights)."""
+        found = set()
+        for call in self.calls:
+            rounded = set(call.rounded_weights.split("/")) - {""}
+            if rounded and not rounded >= call.pixel_dtypes():
+                found |= rounded
+        return sorted(found)
 
     def tiles(self):
         """Tiles of the calls that were split: a tiled call that fitted in one piece was not."""

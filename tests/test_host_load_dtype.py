@@ -145,9 +145,11 @@ def test_forge_a_vae_loaded_rounded_says_so_once(forge, caplog):
     with caplog.at_level(logging.WARNING, logger="vae_precision"):
         set_option(env, dtype="fp32")
         env.render()
-        env.render()
+        _, res = env.render()
     said = [r.getMessage() for r in caplog.records if "rounded" in r.getMessage()]
     assert len(said) == 1 and "bf16" in said[0] and "fp32" in said[0]
+    # and every image says so: its fp32 pixels come from bf16-rounded weights
+    assert env.infotext(res.infotexts[0])["VAE dtype"] == "fp32 (on bf16-rounded weights)"
 
 
 def test_forge_an_unrounded_vae_says_nothing_of_rounding(forge, caplog):
@@ -160,7 +162,9 @@ def test_forge_an_unrounded_vae_says_nothing_of_rounding(forge, caplog):
         env.render()
         set_option(env, dtype="mixed")
         env.render()
+        _, res = env.render()
     assert not [r for r in caplog.records if "rounded" in r.getMessage()]
+    assert "rounded" not in env.infotext(res.infotexts[0])["VAE dtype"]
 
 
 def test_forge_load_choice_is_the_hosts_while_host_default(forge):

@@ -97,6 +97,40 @@ def test_dtype_says_when_an_emulated_dtype_was_avoided():
     assert format_params(VaeOptions(dtype="fp16"), gen)["VAE dtype"] == "fp16 (fp32 as cpu emulates fp16)"
 
 
+@pytest.mark.parametrize("options_dtype,call,written", [
+    ("fp32", dict(dtype="fp32", rounded_weights="bf16"), "fp32 (on bf16-rounded weights)"),
+    ("auto", dict(dtype="fp32", rounded_weights="fp16"), "auto (fp32 on fp16-rounded weights)"),
+    ("bf16", dict(dtype="bf16", rounded_weights="bf16"), "bf16"),          # the weights' own dtype
+    ("mixed", dict(dtype="mixed", blocks="fp16 3/3 blocks", rounded_weights="bf16"),
+     "mixed (fp16 3/3 blocks on bf16-rounded weights)"),
+])
+def test_dtype_says_when_the_weights_were_rounded_to_another_dtype(options_dtype, call, written):
+    """Pixels of one dtype computed from weights another, narrower dtype rounded (a VAE the web UI loaded
+    in bf16 while the extension did not pick the dtype) are not that dtype's pixels."""
+    gen = _one_call(**call)
+    assert format_params(VaeOptions(dtype=options_dtype), gen)["VAE dtype"] == written
+
+
+def test_the_engine_reports_weights_rounded_before_it_was_applied(tiny_vae):
+    from lib_vaeprec.engine import VaeEngine
+    tiny_vae.to(torch.bfloat16)
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="fp32")).attach()
+    try:
+        with torch.no_grad():
+            tiny_vae.decode(torch.randn(1, 4, 8, 8))
+        assert engine.last_call.rounded_weights == "bf16"
+    finally:
+        engine.detach()
+    tiny_vae.to(torch.float32)
+    engine = VaeEngine(tiny_vae, VaeOptions(dtype="fp32")).attach()
+    try:
+        with torch.no_grad():
+            tiny_vae.decode(torch.randn(1, 4, 8, 8))
+        assert engine.last_call.rounded_weights == ""
+    finally:
+        engine.detach()
+
+
 @pytest.mark.parametrize("offload,devices,written", [
     ("keep", ["cpu"], "keep on GPU (ran on cpu)"),
     ("keep", ["cuda"], "keep on GPU"),

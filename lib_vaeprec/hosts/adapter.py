@@ -187,9 +187,8 @@ class HostAdapter:
     def _say_if_rounded(self, engine, precision):
         """A VAE the host loaded while the extension did not pick the dtype (or that was handed back with the
         extension switched off in the settings) has the host's rounded weights: the chosen dtype runs on them,
-        which the console says once."""
-        rounded = {dtype for dtype in engine.caster.source_dtypes()
-                   if dtype != LOAD_DTYPE and (precision.mixed or dtype != precision.dtype)}
+        which the console says once (and each image's infotext, `stats.CallStats.rounded_weights`)."""
+        rounded = {dtype for dtype in engine.rounded_weights() if precision.mixed or dtype != precision.dtype}
         if rounded:
             loaded_at = "/".join(sorted(name_of(dtype) for dtype in rounded))
             warn_once(f"this VAE holds the web UI's {loaded_at}-rounded weights (it was loaded, or handed back, "

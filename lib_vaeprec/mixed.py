@@ -63,9 +63,6 @@ class BlockPrecision:
         self.ranges.clear()
         self._plans.clear()
 
-    def measured(self, kind):
-        return kind in self.ranges
-
     def plan(self, kind, fast, safe):
         """({block name: dtype}, {module name: dtype} for casting the weights) from the ranges, or ({}, {})
         before they are measured."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .device_caps import DeviceCaps
+from .dtypes import name_of
 
 HOST_DEFAULT = "host default"
 CHOICES = (HOST_DEFAULT, "auto", "bf16", "fp16", "fp32", "mixed")
@@ -20,10 +21,6 @@ class Precision:
     reason: str = ""
     warning: str = ""       # set when the user forced something the device runs slowly
     emulated: str = ""      # the forced choice the device only emulates, run as `dtype` instead
-
-
-def _name(dtype):
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def _fast(caps, dtype):
@@ -53,8 +50,9 @@ def resolve(choice: str, caps: DeviceCaps, fp16_safe: bool = True, avoid_emulate
         return None
     if choice == "auto":
         if caps.kind != "cpu" and caps.native_bf16 and caps.native_fp16:
-            # On an H100, mixed cost 1.02-1.07x bf16's time at 1024² and up (1.17x at 512²) for an error
-            # against fp32 of 64 dB instead of 46, never NaN (docs/benchmarks.md). CPUs keep the fastest format.
+            # On an H100, mixed cost 1.02-1.05x bf16's time at 1024² and up (0.89-1.22x at 512², between runs)
+            # for an error against fp32 of 64 dB instead of 46, never NaN (docs/benchmarks.md). CPUs keep the
+            # fastest format.
             return Precision(choice, torch.bfloat16, mixed=True,
                              reason=f"{caps.kind} runs fp16 and bf16 natively: fp16 where the activations fit")
         dtype, reason = _auto(caps, fp16_safe)
@@ -62,8 +60,8 @@ def resolve(choice: str, caps: DeviceCaps, fp16_safe: bool = True, avoid_emulate
     if choice == "mixed":
         safe = torch.bfloat16 if caps.native_bf16 else torch.float32
         if not caps.native_fp16:
-            return Precision(choice, safe, reason=f"{caps.kind} has no native fp16: mixed runs as {_name(safe)}")
-        return Precision(choice, safe, mixed=True, reason=f"fp16 where this VAE's activations fit, else {_name(safe)}")
+            return Precision(choice, safe, reason=f"{caps.kind} has no native fp16: mixed runs as {name_of(safe)}")
+        return Precision(choice, safe, mixed=True, reason=f"fp16 where this VAE's activations fit, else {name_of(safe)}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
     if _fast(caps, dtype):
         return Precision(choice, dtype, reason="forced")

@@ -45,9 +45,7 @@ def plan_for(module, kind, x, tile_px=0, lean=False, **budget):
     """The plan of a tiled call of a tileable VAE (see why_untileable). Raises PlanError when the maps fit
     nowhere. `budget`: make_plan's free_bytes, host_free, host_maps."""
     layout = layout_of(module, kind)
-    plan = make_plan(layout, kind, x, tile_px=tile_px, lean=lean, **budget)
-    plan.layout = layout
-    return plan
+    return make_plan(layout, kind, x, tile_px=tile_px, lean=lean, **budget)
 
 
 def run_tiled(original, module, kind, plan, x, args, kwargs, stats):

@@ -144,9 +144,6 @@ def out_channels(kind, module):
     return convs[-1].out_channels
 
 
-SCALES = {"up": 2.0, "down": 0.5}
-
-
 def out_size(kind, height, width):
     if kind == "up":
         return 2 * height, 2 * width

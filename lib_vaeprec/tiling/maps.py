@@ -44,15 +44,6 @@ def read_bands(source, regions):
         yield source[..., r0:r1, :]
 
 
-def device_bytes(x):
-    """Device bytes a map holds: a tensor's own; a HostMap none; a Lazy map its source's."""
-    if isinstance(x, HostMap):
-        return 0
-    if isinstance(x, Lazy):
-        return device_bytes(x.source)
-    return x.numel() * x.element_size()
-
-
 def map_bytes(shape, dtype):
     return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
@@ -84,10 +75,6 @@ class HostMap:
         self.rows = torch.empty((h, *inner), dtype=dtype, pin_memory=device.type == "cuda")
         self._streams = _Streams.of(device)
         self._writing = None             # event of the last write-back, awaited before the map is read
-
-    @property
-    def nbytes(self):
-        return self.rows.numel() * self.rows.element_size()
 
     @property
     def map(self):
@@ -167,8 +154,8 @@ class DeviceSink:
 
     def write(self, r0, r1, band):
         if self.map is None:
-            layout = torch.channels_last if speed.is_channels_last(band) else torch.contiguous_format
-            self.map = torch.empty(self.shape, dtype=band.dtype, device=band.device, memory_format=layout)
+            self.map = torch.empty(self.shape, dtype=band.dtype, device=band.device,
+                                   memory_format=memory_format_of(band))
         self.map[..., r0:r1, :] = band
 
     def finish(self):

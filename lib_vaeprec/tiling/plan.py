@@ -46,7 +46,6 @@ class StagePlan:
     where: str = "device"       # "device", "host", "in place" (over its input) or "on the fly"
     keep_h: bool = False        # resnets: conv1's output held on the device for norm2's statistics
     dtype: torch.dtype = None   # what the stage computes in (its weights'): bands are cast to it
-    work_bytes: int = 0         # device memory for one band's work (more for the attention's scores)
     channels_last: bool = False  # bands go channels_last (the decoder body, as fast_groupnorm runs it)
 
 
@@ -54,11 +53,14 @@ class StagePlan:
 class Plan:
     stages: list = field(default_factory=list)
     band_elems: int = 0          # elements of one band (all samples and channels), about one tile's
-    work_bytes: int = 0          # device memory for one band's work
+    work_bytes: int = 0          # device memory for one band's work; the attention's chunks of scores get
+                                 # this too, no more (a 2048² encode with 2 GB free ran out of memory when
+                                 # they took what the maps left, H100)
     device_bytes: int = 0        # device memory the maps need at most
     host_bytes: int = 0          # host memory the maps need at most
     device: torch.device = None
     samples: int = 1
+    layout: object = None        # the coder's layout.Layout the stages come from
 
     @property
     def tile_px(self):
@@ -120,7 +122,7 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
     if lean:      # half the band: less work memory, still few enough pieces to keep the device busy
         band_elems = max(band_elems // 2, min(band_elems, smallest))
     plan = Plan(band_elems=band_elems, work_bytes=WORK_BANDS * band_elems * itemsize, device=device,
-                samples=samples)
+                samples=samples, layout=layout)
     budget = max(MAPS_SHARE * free, (LEAN_MAPS_SHARE * free - plan.work_bytes) if lean else 0)
     host_allowed = device.type == "cuda" if host_maps is None else host_maps
     device_peak = host_peak = 0
@@ -143,9 +145,6 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
             raise PlanError(f"its {short.kind} stage needs {_size(max(least.device_bytes, next_need[id(least)]))} "
                             f"of device memory for maps and {_size(budget)} is there for them")
         step.where, step.keep_h = chosen.where, chosen.keep_h
-        # The attention's chunks of scores get the work's share too, no more: a 2048² encode with 2 GB free
-        # ran out of memory when they took what the maps left (H100).
-        step.work_bytes = plan.work_bytes
         after, added_host = _after(step, held, out_b)
         device_peak = max(device_peak, chosen.device_bytes)
         host_peak = max(host_peak, held.host_bytes + added_host)
@@ -164,8 +163,7 @@ def _whole_maps_if_one_tile(band_elems, layout, shape):
     otherwise be cut in two)."""
     shapes = [tuple(shape)]
     for kind, module in layout.stages + [("conv", layout.conv_out)]:
-        n, c, h, w = shapes[-1]
-        shapes.append((n, out_channels(kind, module) or c) + out_size(kind, h, w))
+        shapes.append(_shape_after(kind, module, shapes[-1]))
     image_px = max(h * w for _, _, h, w in shapes)
     if image_px * FULL_RES_CHANNELS * shape[0] > band_elems:
         return band_elems
@@ -173,9 +171,13 @@ def _whole_maps_if_one_tile(band_elems, layout, shape):
 
 
 def _out_shape(step, shape):
+    return _shape_after("conv" if step.kind == "out" else step.kind, step.module, shape)
+
+
+def _shape_after(kind, module, shape):
+    """The output shape of a stage of `kind` run by `module` on a map of `shape`."""
     n, c, h, w = shape
-    kind = "conv" if step.kind == "out" else step.kind
-    return (n, out_channels(kind, step.module) or c) + out_size(kind, h, w)
+    return (n, out_channels(kind, module) or c) + out_size(kind, h, w)
 
 
 def _options(step, held, out_b, following, host_allowed, budget):

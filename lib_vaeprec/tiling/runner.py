@@ -164,7 +164,7 @@ class StageRunner:
         bands = (self._input(band, step) for band in read_bands(x, regions))
         keys, values = attention.keys_and_values(parts, bands, x_stats, x.shape)
         sink = self._sink(step, x)
-        work = step.work_bytes
+        work = self.plan.work_bytes
         self.run_pass(x, lambda band, r0, r1: attention.answer(parts, self._input(band, step), x_stats, keys,
                                                                values, work),
                       c, halo=0, sink=sink, stats=out_stats)

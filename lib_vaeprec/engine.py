@@ -218,7 +218,7 @@ class VaeEngine:
                 self.offloader.before_call(self.module, device)
                 dtype = self._prepare_weights(precision, kind)
                 if precision is not None:
-                    stats.rounded_weights = "/".join(dtypes.name_of(d) for d in self.rounded_weights())
+                    stats.rounded_weights = tuple(dtypes.name_of(d) for d in self.rounded_weights())
                 plan, _ = self._block_plan(precision, kind)
                 stats.dtype = "mixed" if plan else dtypes.name_of(dtype)
                 stats.blocks = self._blocks.label(plan, torch.float16)

@@ -24,7 +24,7 @@ class CallStats:
     samples: int = 0
     device: str = ""                   # type of the device the pixels were computed on ("cuda", "cpu", ...)
     emulated: str = ""                 # a forced dtype the device only emulates, run as `dtype` instead
-    rounded_weights: str = ""          # "bf16", "fp16": what the weights were rounded to before the engine cast
+    rounded_weights: tuple = ()        # ("bf16",): what the weights were rounded to before the engine cast
                                        # them (a VAE the host loaded at that dtype)
     tiles: int = 0                     # bands of the most finely split stage (0: untiled; 1: not split)
     tile_px: int = 0
@@ -123,7 +123,7 @@ class GenerationStats:
         are not that dtype's pixels (fp32 arithmetic on bf16-rounded weights)."""
         found = set()
         for call in self.calls:
-            rounded = set(call.rounded_weights.split("/")) - {""}
+            rounded = set(call.rounded_weights)
             if rounded and not rounded >= call.pixel_dtypes():
                 found |= rounded
         return sorted(found)

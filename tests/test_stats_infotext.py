@@ -98,10 +98,10 @@ def test_dtype_says_when_an_emulated_dtype_was_avoided():
 
 
 @pytest.mark.parametrize("options_dtype,call,written", [
-    ("fp32", dict(dtype="fp32", rounded_weights="bf16"), "fp32 (on bf16-rounded weights)"),
-    ("auto", dict(dtype="fp32", rounded_weights="fp16"), "auto (fp32 on fp16-rounded weights)"),
-    ("bf16", dict(dtype="bf16", rounded_weights="bf16"), "bf16"),          # the weights' own dtype
-    ("mixed", dict(dtype="mixed", blocks="fp16 3/3 blocks", rounded_weights="bf16"),
+    ("fp32", dict(dtype="fp32", rounded_weights=("bf16",)), "fp32 (on bf16-rounded weights)"),
+    ("auto", dict(dtype="fp32", rounded_weights=("fp16",)), "auto (fp32 on fp16-rounded weights)"),
+    ("bf16", dict(dtype="bf16", rounded_weights=("bf16",)), "bf16"),          # the weights' own dtype
+    ("mixed", dict(dtype="mixed", blocks="fp16 3/3 blocks", rounded_weights=("bf16",)),
      "mixed (fp16 3/3 blocks on bf16-rounded weights)"),
 ])
 def test_dtype_says_when_the_weights_were_rounded_to_another_dtype(options_dtype, call, written):
@@ -111,7 +111,8 @@ def test_dtype_says_when_the_weights_were_rounded_to_another_dtype(options_dtype
     assert format_params(VaeOptions(dtype=options_dtype), gen)["VAE dtype"] == written
 
 
-@pytest.mark.parametrize("weights,reported", [(torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "")])
+@pytest.mark.parametrize("weights,reported", [(torch.bfloat16, ("bf16",)), (torch.float16, ("fp16",)),
+                                                      (torch.float32, ())])
 def test_the_engine_reports_weights_rounded_before_it_was_applied(tiny_vae, weights, reported):
     from lib_vaeprec.engine import VaeEngine
     tiny_vae.to(weights)

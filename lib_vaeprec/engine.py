@@ -12,7 +12,7 @@ import weakref
 
 import torch
 
-from . import dtypes, fast_groupnorm, guard, memory, outputs, policy, tiling
+from . import coder_switches, dtypes, fast_groupnorm, guard, memory, outputs, policy, tiling
 from .casting import WeightCast
 from .device_caps import caps_of
 from .offload import Offloader
@@ -312,13 +312,15 @@ class VaeEngine:
         free memory, tiled holding as little as possible, then on the CPU. Tiling `auto` starts where the
         estimate says the call fits, `always` at the tiled rung, `off` skips the tiled rungs."""
         mode, layers = self.options.tiling, self._layers_in_use(x.device)
+        # diffusers' slicing, kept for untiled calls, runs one image at a time
+        one_call = x[:1] if coder_switches.slices(self.module, x) else x
 
         def fits(with_layers):
             # Low-memory convolutions get more headroom: near the limit the allocator's churn made a
             # 2048² decode with 8 GB free take 883 ms, slower than tiling (docs/benchmarks.md).
             share = LOW_MEMORY_SHARE if with_layers == "low_memory" and layers != "low_memory" \
                 else tiling.UNTILED_SHARE
-            return tiling.fits_untiled(self.module, kind, x, with_layers, share)
+            return tiling.fits_untiled(self.module, kind, one_call, with_layers, share)
         route = choose_route(mode, layers, fits, can_band=_bands_help(x) and not self.options.compile)
         call = (kind, original, x, args, kwargs, stats)
         untileable = tiling.why_untileable(self.module, kind) if mode != "off" else None
@@ -335,13 +337,14 @@ class VaeEngine:
         return rungs
 
     def _untiled(self, kind, original, x, args, kwargs, stats, low_memory=False):
-        with self._low_memory_for_call(low_memory):
+        with self._low_memory_for_call(low_memory), coder_switches.obeyed(self.module, slicing=True):
             return original(x, *args, **kwargs)
 
     def _tiled(self, kind, original, x, args, kwargs, stats, lean):
         untiled = tiling.untiled_bytes(self.module, kind, x, self._layers_in_use(x.device))
         plan = tiling.plan_for(self.module, kind, x, tile_px=self.options.tile_size, lean=lean, ceiling=untiled)
-        return tiling.run_tiled(original, self.module, kind, plan, x, args, kwargs, stats)
+        with coder_switches.obeyed(self.module, slicing=False):     # the plan is for the whole batch
+            return tiling.run_tiled(original, self.module, kind, plan, x, args, kwargs, stats)
 
     def _on_cpu(self, kind, original, x, args, kwargs, stats):
         """The last rung: the whole call on the CPU, in what the CPU runs natively (tiled there too if it

@@ -192,7 +192,7 @@ class VaeEngine:
             self.last_call = stats
             on_call = self.on_call
         if on_call is not None:
-            on_call(stats)
+            _tell(on_call, stats)
         return result
 
     def _run(self, kind, original, x, args, kwargs):
@@ -487,6 +487,17 @@ def engine_of(module):
         return engine
     wrapper = module.__dict__.get("decode")
     return getattr(wrapper, "vae_precision_engine", None)
+
+
+def _tell(observer, stats):
+    """Hands a call's stats to an observer (a caller's on_call, a web UI's infotext bookkeeping): one that
+    raises costs a warning, once, never the image."""
+    try:
+        observer(stats)
+    except Exception as error:  # noqa: BLE001 - whatever an observer raises, the image is returned
+        name = getattr(observer, "__qualname__", type(observer).__name__)
+        warn_once(f"the observer of VAE calls {name} raised {type(error).__name__}: "
+                  f"{' '.join(str(error).split())[:200]}; the image is returned, its stats were not recorded")
 
 
 def _needs_gradients(module, x):

@@ -1,5 +1,6 @@
 """Hostile but realistic use: several threads on one VAE, another wrapper put over ours, NaN latents from
-the sampler, a VAE that stays non-finite, gradients, objects that are not VAEs, calls that raise."""
+the sampler, a VAE that stays non-finite, gradients, objects that are not VAEs, calls that raise, observers
+that raise."""
 import logging
 import threading
 
@@ -8,6 +9,8 @@ import torch
 
 import lib_vaeprec
 from conftest import assert_same, make_vae, psnr, snapshot
+from lib_vaeprec.engine import VaeEngine
+from lib_vaeprec.hosts.adapter import HostAdapter
 from lib_vaeprec.infotext import KEY_NONFINITE, format_params
 from lib_vaeprec.stats import GenerationStats
 
@@ -219,3 +222,35 @@ def test_a_vae_the_host_drops_is_freed_with_its_engine():
     del vae
     gc.collect()
     assert gone() is None
+
+
+def test_an_on_call_that_raises_costs_no_image_and_is_logged_once(caplog):
+    vae = make_vae()
+    with torch.no_grad():
+        reference = vae.decode(latents(size=8)).sample
+
+    def observer(stats):
+        raise ValueError("the observer's own bug\nsecond line")
+    engine = lib_vaeprec.apply(vae, dtype="fp32", tiling="off", on_call=observer)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="vae_precision"):
+        first = vae.decode(latents(size=8)).sample
+        second = vae.decode(latents(size=8)).sample
+    assert torch.equal(first, reference) and torch.equal(second, reference)
+    assert engine.last_call is not None
+    lines = [r.getMessage() for r in caplog.records if "observer" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "ValueError" in lines[0]
+    lib_vaeprec.remove(vae)
+
+
+def test_a_web_uis_stats_listener_that_raises_costs_no_image(caplog):
+    """The web UIs' per-render stats reach the infotext through the same path as on_call."""
+    class Render:
+        def record(self, call):
+            raise RuntimeError("infotext bookkeeping failed")
+    adapter, render = HostAdapter(), Render()
+    adapter.listen(render.record)
+    vae = make_vae()
+    VaeEngine(vae, lib_vaeprec.VaeOptions(dtype="fp32", tiling="off"), on_call=adapter._dispatch).attach()
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="vae_precision"):
+        image = vae.decode(latents(size=8)).sample
+    assert torch.isfinite(image).all() and "infotext bookkeeping failed" in caplog.text

@@ -8,7 +8,8 @@ fp16 where its largest activation, times a margin, fits fp16, else in the safe f
 the device has no bf16).
 
 The ranges are measured on the first call of each kind (decode, encode) for the VAE's weights, which runs
-in the safe format with hooks that keep each block's largest value (no extra pass). They are measured
+in the safe format with hooks that keep each block's largest finite value (no extra pass): a NaN latent from
+the sampler measures nothing, so it changes nothing for later calls. They are measured
 again, and can only grow, on any call whose result came out NaN/Inf: that call's failed images are redone
 in the safe format with the hooks on, so a block that overflowed moves to the safe format from then on.
 """
@@ -101,7 +102,7 @@ class BlockPrecision:
         def keep(name, value):
             for t in (value if isinstance(value, (tuple, list)) else (value,)):
                 if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-                    m = t.detach().abs().amax().float()
+                    m = _largest_finite(t)
                     largest[name] = m if name not in largest else torch.maximum(largest[name], m)
 
         for name, group in self.blocks(kind):
@@ -114,9 +115,14 @@ class BlockPrecision:
         finally:
             for handle in handles:
                 handle.remove()
+        # One sync per block, after the call. A block that saw no finite value (every image NaN from its
+        # latent on) is not measured by this call; a call that measured no block leaves the kind unmeasured.
+        measured = {name: float(value) for name, value in largest.items() if float(value) >= 0}
+        if not measured:
+            return
         ranges = self.ranges.setdefault(kind, {})
-        for name, value in largest.items():       # one sync per block, after the call
-            ranges[name] = max(ranges.get(name, 0.0), float(value))
+        for name, value in measured.items():
+            ranges[name] = max(ranges.get(name, 0.0), value)
         self._plans = {key: plan for key, plan in self._plans.items() if key[0] != kind}
 
     def first_dtype(self, kind, plan):
@@ -126,6 +132,13 @@ class BlockPrecision:
     def label(self, plan, fast):
         """`fp16 11/16 blocks`: how many blocks ran in the fast format."""
         return f"{name_of(fast)} {sum(d == fast for d in plan.values())}/{len(plan)} blocks" if plan else ""
+
+
+def _largest_finite(t):
+    """The largest finite |value| of `t` (-1 where it has none): a NaN or Inf from the sampler (or one the
+    call made) is no measure of the block's range; max(0.0, nan) would have recorded 0, every block fp16."""
+    magnitude = t.detach().abs()
+    return magnitude.masked_fill_(~torch.isfinite(magnitude), -1.0).amax().float()
 
 
 def _cast_inputs(dtype):

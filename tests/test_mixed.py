@@ -127,3 +127,35 @@ def test_detach_after_mixed_restores_the_vae_bitwise():
     assert_same(vae, before)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in vae.modules())
     assert not [m for m in vae.modules() if "forward" in m.__dict__]
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_a_nan_latent_in_mixeds_measuring_call_changes_nothing_later(fallback):
+    """max(0.0, nan) is 0.0: a NaN latent in the first call recorded every block's range as 0, so every block
+    went fp16 and an fp16-overflowing VAE gave NaN images ever after (or redid each clean call)."""
+    vae = overflow_fp16(make_vae())
+    z = latents(batch=3)
+    with torch.no_grad():
+        reference = vae.decode(z).sample
+    poisoned = z.clone()
+    poisoned[1, 0, 2, 2] = float("nan")
+    engine = VaeEngine(vae, VaeOptions(dtype="mixed", tiling="off", nan_fallback=fallback)).attach()
+    with torch.no_grad():
+        vae.decode(poisoned)
+        image = vae.decode(z).sample
+    stats = engine.last_call
+    assert torch.isfinite(image).all() and psnr(image, reference) > 40
+    assert stats.dtype == "mixed" and not stats.fallbacks
+    assert all(torch.isfinite(torch.tensor(r)) for r in engine._blocks.ranges["decode"].values())
+    engine.detach()
+
+
+def test_a_measuring_call_whose_every_latent_is_nan_measures_nothing():
+    vae = overflow_fp16(make_vae())
+    engine = VaeEngine(vae, VaeOptions(dtype="mixed", tiling="off", nan_fallback=False)).attach()
+    with torch.no_grad():
+        vae.decode(torch.full((1, 4, 8, 8), float("nan")))
+        assert "decode" not in engine._blocks.ranges
+        image = vae.decode(latents()).sample
+    assert torch.isfinite(image).all()
+    engine.detach()

@@ -40,12 +40,18 @@ def warn_once(message):
 class VaeEngine:
     METHODS = ("decode", "encode")
 
-    def __init__(self, module, options: VaeOptions = VaeOptions(), fp16_safe=True, on_call=None):
+    def __init__(self, module, options: VaeOptions = VaeOptions(), fp16_safe=True, on_call=None,
+                 follows_caller=True):
         self.module = module
         self.options = options
         self.fp16_safe = fp16_safe          # learned False after an fp16 overflow under 'auto'
         self.on_call = on_call              # receives each CallStats
-        self.caster = WeightCast(module)
+        # One call at a time: calls share the module's weights, dtype and instance forwards (a web UI's
+        # API serves requests on several threads). Re-entrant for the calls a call makes itself.
+        self._lock = threading.RLock()
+        # follows_caller: the caller's own loads, conversions and writes win (casting.py); a web UI's adapter
+        # answers its host's recasts itself (hosts/adapter.py).
+        self.caster = WeightCast(module, follow_caller=follows_caller, lock=self._lock)
         self.offloader = Offloader(options.offload)
         self._blocks = BlockPrecision(module)   # mixed: the blocks' measured ranges and input casts
         self._compiled = CompiledCoders()
@@ -54,9 +60,6 @@ class VaeEngine:
         self._banded = BandedConvs()
         self._shadowed = {}                 # method name -> what the instance dict held before (or None)
         self.last_call = None               # CallStats of the last call that returned (None after one raised)
-        # One call at a time: calls share the module's weights, dtype and instance forwards (a web UI's
-        # API serves requests on several threads). Re-entrant for the calls a call makes itself.
-        self._lock = threading.RLock()
 
     # ----- attaching -----
     @property

@@ -149,7 +149,7 @@ class HostAdapter:
         engine = self.engine_for(target.module)
         if engine is None:
             give_version_counters(target.module)
-            engine = VaeEngine(target.module, self.options, on_call=self._dispatch).attach()
+            engine = VaeEngine(target.module, self.options, on_call=self._dispatch, follows_caller=False).attach()
             self._engines.add(engine)
         engine.set_options(self.options)
         engine.on_call = self._dispatch

@@ -29,10 +29,12 @@ def _vae_of(target):
 
 def apply(target, on_call=_KEEP, **options):
     """Attaches (or reconfigures) VAE Precision on `target`; keyword arguments are VaeOptions fields.
-    `on_call` receives each call's CallStats; None removes a callback set before."""
+    On a VAE already attached, only the options given change; the others keep their values (a bad value
+    keeps the one it had). `on_call` receives each call's CallStats; None removes a callback set before."""
     vae = _vae_of(target)
-    chosen = merge(DEFAULTS, options, source="lib_vaeprec.apply argument")
     engine = engine_of(vae)
+    base, base_source = (DEFAULTS, "the default") if engine is None else (engine.options, "as set before")
+    chosen = merge(base, options, source="lib_vaeprec.apply argument", base_source=base_source)
     if engine is None:
         engine = VaeEngine(vae, chosen, on_call=None if on_call is _KEEP else on_call).attach()
     else:

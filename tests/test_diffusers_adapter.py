@@ -1,3 +1,5 @@
+import logging
+
 import torch
 from diffusers import DiffusionPipeline
 
@@ -38,4 +40,22 @@ def test_apply_with_an_overflowing_tile_size_warns_and_goes_on(tiny_vae, caplog)
         engine = lib_vaeprec.apply(tiny_vae, tiling="always", tile_size=value)
         assert engine.options.tile_size == 0 and engine.options.tiling == "always"
     assert caplog.text.count("tile_size") == 4 and "using 'auto' (the default) instead" in caplog.text
+    lib_vaeprec.remove(tiny_vae)
+
+
+def test_apply_with_some_keywords_keeps_every_other_option(tiny_vae):
+    calls = []
+    engine = lib_vaeprec.apply(tiny_vae, dtype="fp32", tiling="always", tile_size=128, on_call=calls.append)
+    lib_vaeprec.apply(tiny_vae, on_call=None)
+    assert (engine.options.dtype, engine.options.tiling, engine.options.tile_size) == ("fp32", "always", 128)
+    lib_vaeprec.apply(tiny_vae, tiling="off")
+    assert (engine.options.dtype, engine.options.tiling, engine.options.tile_size) == ("fp32", "off", 128)
+    lib_vaeprec.remove(tiny_vae)
+
+
+def test_a_bad_keyword_on_an_attached_vae_keeps_the_value_it_had(tiny_vae, caplog):
+    engine = lib_vaeprec.apply(tiny_vae, dtype="fp32")
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        lib_vaeprec.apply(tiny_vae, dtype="bf17")
+    assert engine.options.dtype == "fp32" and "using 'fp32' (as set before) instead" in caplog.text
     lib_vaeprec.remove(tiny_vae)

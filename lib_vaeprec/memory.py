@@ -1,5 +1,6 @@
 """Accelerator memory: what is free, recognising out-of-memory errors, handing cached memory back."""
 import gc
+import logging
 
 import torch
 
@@ -47,10 +48,38 @@ def release_cached(device, collect=True):
         torch.mps.empty_cache()
 
 
+# Host RAM assumed where it cannot be read (psutil missing, refused in a sandbox, or reading 0, which no
+# running process has): small enough to plan conservatively on any machine that runs a web UI.
+UNKNOWN_HOST_BYTES = 2 << 30
+_said = set()
+
+
 def host_available_bytes():
-    """Host RAM available to new allocations (psutil's 'available'), or 8 GiB when psutil is missing."""
+    """Host RAM available to new allocations (psutil's 'available'), or UNKNOWN_HOST_BYTES where it cannot
+    be read (said once)."""
     try:
         import psutil
-        return psutil.virtual_memory().available
-    except ImportError:
-        return 8 << 30
+        available = psutil.virtual_memory().available
+        if available > 0:
+            return available
+        why = f"it reads {available} bytes available"
+    except Exception as error:  # noqa: BLE001 - ImportError, PermissionError in a sandbox, anything else
+        why = f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
+    _say_once(f"VAE Precision: host memory cannot be read ({why}); planning as if "
+              f"{UNKNOWN_HOST_BYTES / 2**30:.0f} GiB were available")
+    return UNKNOWN_HOST_BYTES
+
+
+def process_resident_bytes():
+    """This process's resident memory, or None where it cannot be read (a figure for stats only)."""
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss
+    except Exception:  # noqa: BLE001 - a missing figure, never a failed call
+        return None
+
+
+def _say_once(message):
+    if message not in _said:
+        _said.add(message)
+        logging.getLogger("vae_precision").warning(message)

@@ -6,11 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .dtypes import name_of
-
-try:
-    import psutil
-except ImportError:  # stats degrade to "no RAM figure" rather than failing a render
-    psutil = None
+from .memory import process_resident_bytes
 
 
 @dataclass
@@ -81,8 +77,7 @@ def measure(stats: CallStats, device):
         stats.seconds = time.perf_counter() - start
         if cuda:
             stats.peak_bytes = max(0, torch.cuda.max_memory_allocated(device) - base)
-        if psutil is not None:
-            stats.ram_bytes = psutil.Process().memory_info().rss
+        stats.ram_bytes = process_resident_bytes()     # None where it cannot be read
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 
 import lib_vaeprec
 from conftest import assert_same, make_vae, psnr, snapshot
+from lib_vaeprec import memory
 from lib_vaeprec.engine import VaeEngine
 from lib_vaeprec.hosts.adapter import HostAdapter
 from lib_vaeprec.infotext import KEY_NONFINITE, format_params
@@ -254,3 +255,32 @@ def test_a_web_uis_stats_listener_that_raises_costs_no_image(caplog):
     with torch.no_grad(), caplog.at_level(logging.WARNING, logger="vae_precision"):
         image = vae.decode(latents(size=8)).sample
     assert torch.isfinite(image).all() and "infotext bookkeeping failed" in caplog.text
+
+
+def test_unreadable_host_memory_plans_conservatively(monkeypatch, caplog):
+    psutil = pytest.importorskip("psutil")
+
+    def sandboxed():
+        raise PermissionError("/proc/meminfo: permission denied")
+    monkeypatch.setattr(psutil, "virtual_memory", sandboxed)
+    monkeypatch.setattr(psutil, "Process", lambda *a: (_ for _ in ()).throw(PermissionError("no /proc")))
+    assert memory.host_available_bytes() == memory.UNKNOWN_HOST_BYTES
+    vae = make_vae()
+    with torch.no_grad():
+        reference = vae.decode(latents(size=8)).sample
+    engine = lib_vaeprec.apply(vae, dtype="fp32", tiling="auto")
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="vae_precision"):
+        image = vae.decode(latents(size=8)).sample
+        vae.decode(latents(size=8))
+    assert torch.allclose(image, reference, atol=1e-4) and engine.last_call.ram_bytes is None
+    assert caplog.text.count("host memory") == 1
+    lib_vaeprec.remove(vae)
+
+
+
+
+def test_host_memory_read_as_zero_is_unknown(monkeypatch):
+    """A sandbox's psutil can read 0 bytes available: no running process has that, so it is no reading."""
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Reading", (), {"available": 0})())
+    assert memory.host_available_bytes() == memory.UNKNOWN_HOST_BYTES

@@ -273,7 +273,7 @@ def _seconds_since_start():
     try:
         import psutil
         return time.time() - psutil.Process().create_time()
-    except ImportError:
+    except Exception:  # noqa: BLE001 - missing or refused (a sandbox): since this module's import instead
         return time.time() - _IMPORTED_AT
 
 

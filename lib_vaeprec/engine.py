@@ -206,12 +206,7 @@ class VaeEngine:
             warn_once(precision.warning)
         stats = CallStats(kind=kind, samples=x.shape[0], device=device.type,
                           emulated=precision.emulated if precision is not None else "")
-        bad_input = guard.nonfinite_samples(x)
-        if len(bad_input):
-            stats.nonfinite_input = len(bad_input)
-            log.warning("VAE Precision: %d of %d %s inputs are already NaN/Inf (made before the VAE, by the "
-                        "sampler or the image given): left as they are, not redone", len(bad_input), x.shape[0],
-                        kind)
+        bad_input = _bad_input(kind, x, stats)
         try:
             # Autocast off where we chose the dtype: a host's autocast region (A1111's and sgm's
             # decode_first_stage can open one) would otherwise override it. Under "host default" the host's
@@ -256,9 +251,16 @@ class VaeEngine:
         self._release_weights()
         stats = CallStats(kind=kind, samples=x.shape[0], device=device.type,
                           dtype=dtypes.name_of(dtype) if autocast else dtypes.name_of(self._host_dtype()))
+        bad_input = _bad_input(kind, x, stats)
         context = torch.autocast(device.type, dtype=dtype) if autocast else contextlib.nullcontext()
         with context, measure(stats, device):
             result = outputs.to_float32(original(x, *args, **kwargs))
+        # Reported as on the normal path; not redone (a redo would not be part of the autograd graph).
+        found = guard.nonfinite_samples(outputs.main_tensor(result).detach())
+        stats.nonfinite_left = len(found[~torch.isin(found, bad_input)])
+        if stats.nonfinite_left:
+            log.warning("VAE Precision: %d of %d %s outputs are NaN/Inf with gradients on (not redone)",
+                        stats.nonfinite_left, x.shape[0], kind)
         return result, stats
 
     def _apply_speed_options(self, x, device, host_arithmetic=False):
@@ -425,6 +427,16 @@ class VaeEngine:
                    else f"in {dtypes.name_of(current)}, the safest dtype")
             log.warning("VAE Precision: %d of %d %s outputs are NaN/Inf %s", len(bad), x.shape[0], kind, why)
         return result
+
+
+def _bad_input(kind, x, stats):
+    """The samples whose input is already NaN/Inf (the sampler's doing), counted in `stats` and said."""
+    bad = guard.nonfinite_samples(x.detach())
+    if len(bad):
+        stats.nonfinite_input = len(bad)
+        log.warning("VAE Precision: %d of %d %s inputs are already NaN/Inf (made before the VAE, by the "
+                    "sampler or the image given): left as they are, not redone", len(bad), x.shape[0], kind)
+    return bad
 
 
 @contextlib.contextmanager

@@ -284,3 +284,30 @@ def test_host_memory_read_as_zero_is_unknown(monkeypatch):
     psutil = pytest.importorskip("psutil")
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Reading", (), {"available": 0})())
     assert memory.host_available_bytes() == memory.UNKNOWN_HOST_BYTES
+
+
+def test_a_nan_latent_with_gradients_on_is_reported(caplog):
+    vae = make_vae()
+    engine = lib_vaeprec.apply(vae, dtype="fp32", tiling="off")
+    z = latents(size=8)
+    z[1, 0, 3, 3] = float("nan")
+    z.requires_grad_()
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        vae.decode(z)
+    stats = engine.last_call
+    assert stats.nonfinite_input == 1 and stats.nonfinite_left == 0
+    assert "1 of 2 decode inputs are already NaN/Inf" in caplog.text
+    assert GenerationStats([stats]).nonfinite() == (0, 1, 2)
+    lib_vaeprec.remove(vae)
+
+
+def test_an_output_still_nan_with_gradients_on_is_reported(caplog):
+    vae = make_vae()
+    with torch.no_grad():
+        vae.decoder.conv_out.bias[0] = float("inf")
+    vae.requires_grad_(True)
+    engine = lib_vaeprec.apply(vae, dtype="fp32", tiling="off")
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        vae.decode(latents(size=8))
+    assert engine.last_call.nonfinite_left == 2 and "2 of 2 decode outputs are NaN/Inf" in caplog.text
+    lib_vaeprec.remove(vae)

@@ -339,6 +339,10 @@ class VaeEngine:
             rungs.append(("tiled with the least memory", lambda: self._tiled(*call, lean=True)))
         if x.device.type != "cpu":
             rungs.append(("on the CPU", lambda: self._on_cpu(*call)))
+        elif rungs[0][0] != "untiled" and _small_for_any_host(self.module, kind, one_call, layers):
+            # Where the tiled plans find no room in RAM that reads short (a sandbox's figure), a call this
+            # small is tried whole before giving up: no host running a web UI lacks that much.
+            rungs.append(("untiled", lambda: self._untiled(*call)))
         return rungs
 
     def _untiled(self, kind, original, x, args, kwargs, stats, low_memory=False):
@@ -469,6 +473,10 @@ def choose_route(mode, layers, fits, can_band):
     if layers != "low_memory" and can_band and fits("low_memory"):
         return "low_memory"
     return "tiled"
+
+
+def _small_for_any_host(module, kind, x, layers):
+    return tiling.untiled_bytes(module, kind, x, layers) < tiling.UNTILED_SHARE * memory.UNKNOWN_HOST_BYTES
 
 
 def _bands_help(x):

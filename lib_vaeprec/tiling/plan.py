@@ -142,8 +142,9 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
         if chosen is None:
             least = min(options, key=lambda o: max(o.device_bytes, next_need[id(o)]))
             short = step if least.device_bytes >= next_need[id(least)] else following
-            raise PlanError(f"its {short.kind} stage needs {_size(max(least.device_bytes, next_need[id(least)]))} "
-                            f"of device memory for maps and {_size(budget)} is there for them")
+            need, have = _sizes(max(least.device_bytes, next_need[id(least)]), budget)
+            pool = "memory" if device.type == "cpu" else "device memory"      # on the CPU: host RAM
+            raise PlanError(f"its {short.kind} stage needs {need} of {pool} for maps and {have} is there for them")
         step.where, step.keep_h = chosen.where, chosen.keep_h
         after, added_host = _after(step, held, out_b)
         device_peak = max(device_peak, chosen.device_bytes)
@@ -152,8 +153,8 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
         plan.stages.append(step)
     plan.device_bytes, plan.host_bytes = int(device_peak), int(host_peak)
     if plan.host_bytes > HOST_SHARE * host_free:
-        raise PlanError(f"its maps need {_size(plan.host_bytes)} of host memory and {_size(host_free)} is "
-                        f"available")
+        need, have = _sizes(plan.host_bytes, HOST_SHARE * host_free)
+        raise PlanError(f"its maps need {need} of host memory and {have} is there for them")
     return plan
 
 
@@ -255,8 +256,20 @@ def _after(step, held, out_b):
     return _Held(step.shape, step.dtype, held.device_bytes, held.host_bytes, stored=False), 0   # on the fly
 
 
-def _size(num):
-    return f"{num / 2**30:.1f} GiB" if num >= 2**30 else f"{num / 2**20:.1f} MiB"
+def _size(num, digits=3):
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if num >= scale:
+            return f"{num / scale:.{digits}g} {unit}"
+    return f"{num:.0f} bytes"
+
+
+def _sizes(need, have):
+    """Both figures of a shortfall, with the digits that show the first is larger."""
+    for digits in range(3, 8):
+        shown = _size(need, digits), _size(have, digits)
+        if shown[0] != shown[1]:
+            break
+    return shown
 
 
 # ----- untiled calls -----

@@ -25,9 +25,10 @@ def _gib(num_bytes):
     return f"{num_bytes / 2**30:.2f} GiB"
 
 
-def format_params(options, gen: GenerationStats):
-    """Infotext pairs for one generation; empty when nothing ran. Each field is the choice (what pasting
-    restores), then in parentheses what actually ran where it differs."""
+def format_params(options, gen: GenerationStats, images=None):
+    """Infotext pairs for one generation (of `images` images, where the host says); empty when nothing ran.
+    Each field is the choice (what pasting restores), then in parentheses what actually ran where it
+    differs."""
     if not gen.calls:
         return {}
     params = {KEY_DTYPE: _dtype(options, gen)}
@@ -49,16 +50,16 @@ def format_params(options, gen: GenerationStats):
     fallbacks = gen.fallbacks()
     if fallbacks:
         params[KEY_FALLBACK] = "; ".join(str(f) for f in fallbacks)
-    nonfinite = _nonfinite(gen)
+    nonfinite = _nonfinite(gen, images)
     if nonfinite:
         params[KEY_NONFINITE] = nonfinite
     return params
 
 
-def _nonfinite(gen):
+def _nonfinite(gen, images=None):
     """`1 of 4` images still NaN/Inf after every fallback; `1 of 4 in the latent` for those that came to the
     VAE so (the sampler's doing, not redone)."""
-    left, given, total = gen.nonfinite()
+    left, given, total = gen.nonfinite(images)
     parts = ([f"{left} of {total}"] if left else []) + ([f"{given} of {total} in the latent"] if given else [])
     return ", ".join(parts)
 

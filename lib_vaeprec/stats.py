@@ -140,8 +140,20 @@ class GenerationStats:
     def fallbacks(self):
         return [f for c in self.calls for f in c.fallbacks]
 
-    def nonfinite(self):
-        """(images still NaN/Inf after the fallbacks, images whose input already was, images) over the calls."""
-        return (sum(c.nonfinite_left for c in self.calls), sum(c.nonfinite_input for c in self.calls),
-                sum(c.samples for c in self.calls))
+    def nonfinite(self, images=None):
+        """(images still NaN/Inf after the fallbacks, images whose latent already was, images) of the
+        generation, counted on the decodes that made its images: the last ones, covering `images` samples
+        where the host says how many it made (a hires pass decodes its first pass too), else every decode.
+        Encodes only where nothing was decoded: an encode's NaN shows in the decode of its latent."""
+        calls = self.of_kind("decode") or self.calls
+        if images:
+            last, covered = [], 0
+            for call in reversed(calls):
+                if covered >= images:
+                    break
+                last.append(call)
+                covered += call.samples
+            calls = last
+        return (sum(c.nonfinite_left for c in calls), sum(c.nonfinite_input for c in calls),
+                sum(c.samples for c in calls))
 

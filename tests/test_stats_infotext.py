@@ -223,3 +223,22 @@ def test_strict_parsing_for_callers_that_refuse_bad_input():
     for value in ("inf", "1e999", 10 ** 400, "12x", 32):
         with pytest.raises(BadValue, match="expected auto"):
             parse_strict("tile_size", value)
+
+
+@pytest.mark.parametrize("images", [None, 4])
+def test_non_finite_counts_the_images_of_the_generation(images):
+    """One encode of 4 images (img2img) and four 1-image decodes (A1111 decodes one at a time), one black."""
+    gen = GenerationStats()
+    gen.add(CallStats("encode", dtype="fp32", samples=4))
+    for i in range(4):
+        gen.add(CallStats("decode", dtype="fp32", samples=1, nonfinite_left=int(i == 2)))
+    assert format_params(VaeOptions(dtype="fp32"), gen, images=images)["VAE non-finite"] == "1 of 4"
+
+
+def test_non_finite_of_a_hires_generation_counts_its_final_images():
+    """The first pass's 2 decodes, the hires encode of 2, the final 2 decodes: 2 images."""
+    gen = GenerationStats()
+    for kind, samples, given in (("decode", 2, 0), ("encode", 2, 0), ("decode", 1, 1), ("decode", 1, 0)):
+        gen.add(CallStats(kind, dtype="fp32", samples=samples, nonfinite_input=given))
+    assert format_params(VaeOptions(dtype="fp32"), gen, images=2)["VAE non-finite"] == "1 of 2 in the latent"
+

@@ -32,7 +32,7 @@ class RenderSession:
         self.stats = GenerationStats()
         if options is None or not options.enabled:
             return {}
-        pairs = format_params(options, stats)
+        pairs = format_params(options, stats, images=getattr(p, "batch_size", None))
         if not options.write_stats:
             pairs = {name: value for name, value in pairs.items() if name in RESTORES}
         params.update(pairs)

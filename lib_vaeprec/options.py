@@ -168,8 +168,9 @@ def parse_value(name, value, where, instead):
 
 def merge(base: VaeOptions, overrides: dict, source="override", base_source="the default", names=None):
     """`base` with each valid override applied; "use settings"/None leave the base value, and so does a bad
-    value: the next level's value (`base`, from `base_source`) is used in its place. `names` maps an option
-    to the name its `source` knows it by (a setting's key)."""
+    value: the next level's value (`base`, from `base_source`) is used in its place. `base_source` is one
+    level for every option, or {option: level} where the base's values came from several (options left
+    out: "the settings"). `names` maps an option to the name its `source` knows it by (a setting's key)."""
     changes = {}
     known = {f.name for f in fields(VaeOptions)}
     for name, value in overrides.items():
@@ -179,8 +180,9 @@ def merge(base: VaeOptions, overrides: dict, source="override", base_source="the
         if value is None or (isinstance(value, str) and value.strip().lower() == USE_SETTINGS):
             continue
         fallback = display(name, getattr(base, name))
+        level = base_source.get(name, "the settings") if isinstance(base_source, dict) else base_source
         parsed = parse_value(name, value, f"{source} {(names or {}).get(name, name)}",
-                             f"using {fallback!r} ({base_source}) instead")
+                             f"using {fallback!r} ({level}) instead")
         if parsed is not None:
             changes[name] = parsed
     return replace(base, **changes)

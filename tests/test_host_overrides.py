@@ -168,7 +168,22 @@ def test_a_bad_accordion_value_falls_back_to_override_settings(host, request, ca
     assert dtype_written(env, res) == "fp32"
     warnings = [r.getMessage() for r in caplog.records if "'bf17'" in r.getMessage()]
     assert len(warnings) == 1
-    assert "dtype" in warnings[0] and "using 'fp32'" in warnings[0]
+    # the value typed in the UI's accordion; the fallback's level, the request's override_settings
+    assert warnings[0].startswith("VAE Precision: accordion dtype 'bf17'")
+    assert "using 'fp32' (override_settings) instead" in warnings[0]
+
+
+def test_a_bad_value_from_the_api_names_alwayson_scripts_and_the_settings(a1111, caplog):
+    env = started(a1111, dtype="fp32")
+    args = env.args()
+    args[:3] = [True, "use settings", "bf17"]
+    p = env.new_p(args=args)
+    p.is_api = True                           # real: modules/api/api.py text2imgapi
+    with caplog.at_level(logging.WARNING, logger="vae_precision"):
+        env.mod("modules.processing").process_images(p)
+    warning = next(r.getMessage() for r in caplog.records if "'bf17'" in r.getMessage())
+    assert warning.startswith("VAE Precision: alwayson_scripts dtype 'bf17'")
+    assert "using 'fp32' (the settings) instead" in warning
 
 
 def test_a_bad_override_falls_back_to_the_stored_setting(a1111, caplog):

@@ -85,13 +85,16 @@ class Runtime:
         the model the render uses. Also the check for a VAE the host swapped without telling (reForge's cached
         checkpoints)."""
         session = sessions.of(p)
+        overridden = settings.overridden_keys(getattr(p, "override_settings", None))
         if session.baseline is None:          # no override_settings of ours: the settings as they are
             session.baseline = render_settings = settings.read()
         else:
-            overridden = settings.overridden_keys(getattr(p, "override_settings", None))
             render_settings = settings.read(stored=session.baseline, overridden=overridden)
-        session.options = merge(render_settings, ui.overrides_from_args(args),
-                                source="accordion (alwayson_scripts)", base_source="the settings")
+        # The script's arguments come from the accordion in the UI, or a request's alwayson_scripts
+        # (the web UIs' API sets p.is_api, modules/api/api.py text2imgapi/img2imgapi).
+        source = "alwayson_scripts" if getattr(p, "is_api", False) else "accordion"
+        session.options = merge(render_settings, ui.overrides_from_args(args), source=source,
+                                base_source=settings.levels(overridden=overridden))
         self.adapter.listen(session.record)
         self.adapter.apply(p.sd_model, session.options)
 

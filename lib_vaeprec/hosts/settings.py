@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..options import DEFAULTS, MAX_TILE_PX, OFFLOAD_CHOICES, TILING_CHOICES, merge
+from ..options import DEFAULTS, MAX_TILE_PX, OFFLOAD_CHOICES, TILING_CHOICES, BadValue, merge, parse_strict
 from ..policy import CHOICES as DTYPE_CHOICES
 
 SECTION = ("vae_precision", "VAE Precision")
@@ -154,3 +154,21 @@ def overridden_keys(override_settings):
 def touched_by(override_settings):
     """Whether a request's override_settings change any of our settings."""
     return bool(overridden_keys(override_settings))
+
+
+def levels(opts=None, overridden=()):
+    """{option: where read()'s value came from}, for the accordion's fallback: "override_settings" where a
+    request's valid value stands, else "the settings"."""
+    if opts is None:
+        from modules import shared
+        opts = shared.opts
+    found = {}
+    for spec in SPECS:
+        if spec.key in overridden:
+            try:
+                parse_strict(spec.name, getattr(opts, spec.key, spec.default))
+                found[spec.name] = "override_settings"
+            except BadValue:
+                pass
+    return found
+

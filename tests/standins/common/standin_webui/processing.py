@@ -17,6 +17,7 @@ class StableDiffusionProcessing:
         self.init_latent = None
         self.scripts, self.script_args = scripts, tuple(script_args)
         self.sample_hook = None
+        self.is_api = False     # real: field(default=False, init=False); modules/api/api.py sets it True
 
     def sample(self, n):
         """The sampler's output for batch n: random latents (txt2img) or the encoded init image (img2img)."""

@@ -194,3 +194,16 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch):
     assert rows[(64, "decode", "diffusers fp32 tiled")]["tiles"] == 0   # one tile: diffusers does not split
     assert all(r["first_ms"] is not None for r in data["rows"])
     assert os.path.getsize(tmp_path / "bench.png") > 1000
+
+
+def test_free_gb_on_the_cpu_is_said_once_and_claimed_nowhere(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(models, "build", lambda arch="sd", seed=0: make_vae(seed, **SMALL))
+    code = cli.main(["bench", "--device", "cpu", "--free-gb", "1e30", "--sizes", "64", "--dtypes", "fp32",
+                     "--runs", "1", "--warmup", "0", "--tiling", "on", "--tile-size", "64", "--no-encode",
+                     "--no-baseline", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "--free-gb applies to CUDA only" in captured.err
+    assert "GB of GPU memory free" not in captured.out and "1e+30" not in captured.out
+    assert json.load(open(tmp_path / "bench.json"))["meta"]["free_gb"] == 0
+

@@ -207,3 +207,19 @@ def test_free_gb_on_the_cpu_is_said_once_and_claimed_nowhere(tmp_path, capsys, m
     assert "GB of GPU memory free" not in captured.out and "1e+30" not in captured.out
     assert json.load(open(tmp_path / "bench.json"))["meta"]["free_gb"] == 0
 
+
+def test_a_size_whose_tiled_reference_finds_no_room_is_refused_before_any_work():
+    """--sizes 8 --batch 1000000 on a CPU passed the footprint check and then ended in a PlanError traceback
+    while making the tiled reference: the planner is asked first."""
+    from lib_vaeprec.bench import footprint, runner
+    from lib_vaeprec.options import VaeOptions
+    vae = make_vae(**SMALL)
+    variants = [runner.Variant("vaeprec fp32", "fp32", options=VaeOptions(dtype="fp32", tiling="off")),
+                runner.Variant("vaeprec fp32 tiled", "fp32", options=VaeOptions(dtype="fp32", tiling="always"))]
+    with pytest.raises(footprint.DoesNotFit, match="cannot fit: the fp32 reference .* and tiled its decode: its"):
+        footprint.plan(vae, torch.device("cpu"), [8], 100000, variants, ["decode"], free_bytes=1.5e9,
+                       host_free_bytes=1.5e9)
+    fit = footprint.plan(vae, torch.device("cpu"), [8], 100, variants, ["decode"], free_bytes=1.5e9,
+                         host_free_bytes=1.5e9)
+    assert not fit.skipped and not fit.tiled_reference
+

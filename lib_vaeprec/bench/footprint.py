@@ -7,7 +7,9 @@ could run there.
 """
 from dataclasses import dataclass, field
 
-from .. import memory
+import torch
+
+from .. import memory, tiling
 
 # Untiled peaks of the SD VAE, in full-resolution maps (full-resolution channels x pixels x itemsize x
 # batch), as measured by this bench (docs/benchmarks.md): from 5 (strict fp32 encode on the H100) to
@@ -84,14 +86,24 @@ def plan(vae, device, sizes, batch, variants, ops, free_bytes=None, host_free_by
             raise DoesNotFit(f"--sizes {size} with --batch {batch} needs about {gb(host_need)} of host memory "
                              f"for the images alone, and {gb(host_free)} is available")
         reference_need = own + max(untiled_bytes(vae, op, "fp32", size, batch, most) for op in ops)
+        # Off CUDA no rung follows a tiled plan that finds no room: ask the planner itself, before any work.
+        no_room = None if cuda else _tiled_refusal(vae, ops, size, batch, free - own)
         if reference_need > free:
             result.tiled_reference.add(size)
+            if no_room:
+                raise DoesNotFit(f"--sizes {size} with --batch {batch} cannot fit: the fp32 reference needs about "
+                                 f"{gb(reference_need)} untiled, {where}, and tiled {no_room}")
         needs, left_out = [], []
         for variant in variants:
             if not variant.runs_at(size):
                 continue
             if variant.is_tiled:
                 need = own + tiled_floor_bytes(size, batch)
+                if no_room:
+                    result.skipped[(size, variant.name)] = f"skipped: tiled {no_room}"
+                    left_out.append(variant.name)
+                    needs.append(need)
+                    continue
             else:
                 need = own + max(untiled_bytes(vae, op, variant.dtype, size, batch, most) for op in ops)
             needs.append(need)
@@ -106,3 +118,21 @@ def plan(vae, device, sizes, batch, variants, ops, free_bytes=None, host_free_by
             result.notes.append(f"{size}px: not run, as they would not fit untiled ({where}): "
                                 + ", ".join(left_out))
     return result
+
+
+def _tiled_refusal(vae, ops, size, batch, free):
+    """Why a tiled call of this size would find no room in `free` bytes, even holding the least (the
+    planner's own line), or None."""
+    for op in ops:
+        if tiling.why_untileable(vae, op):
+            continue
+        channels = vae.config.latent_channels if op == "decode" else 3
+        side = size // tiling.SCALE if op == "decode" else size
+        x = torch.empty(batch, channels, side, side, device="meta")
+        try:
+            tiling.plan_for(vae, op, x, lean=True, free_bytes=max(free, 0), host_free=max(free, 0),
+                            host_maps=False)
+        except tiling.PlanError as error:
+            return f"its {op}: {error}"
+    return None
+

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import memory, outputs
+from .. import memory, outputs, tiling
 from ..engine import VaeEngine
 from ..options import VaeOptions
 from . import measure
@@ -200,6 +200,8 @@ def _measure(prepared, op, call, data, ref, size, batch, warmup, runs, device, f
     with torch.no_grad(), tf32(device, allowed_tf32), _ballast(device, free_gb):
         try:
             timing = measure.timed_runs(lambda: call(prepared.vae, data), device, warmup, runs)
+        except tiling.PlanError as error:     # no rung after it (off CUDA): one line in the row, no traceback
+            return _failed_row(size, batch, op, variant, f"does not fit: {' '.join(str(error).split())}")
         except Exception as error:  # noqa: BLE001 - only out-of-memory is recorded as a row
             if not memory.is_out_of_memory(error):
                 raise

@@ -40,9 +40,11 @@ def format_params(options, gen: GenerationStats, images=None):
     if gen.ram_bytes() is not None:
         params[KEY_RAM] = _gib(gen.ram_bytes())
     tiling = options.tiling
-    if gen.tiles():
+    bands = gen.bands()
+    if bands:      # what the user can act on: the image's own bands (a smaller tile size, more of them)
         how = " after OOM" if gen.tiled_after_oom() else ""
-        tiling += f" ({gen.tiles()} tiles of {gen.tile_px()} px{how})"     # split calls: 2 or more
+        count, width, rows = bands
+        tiling += f" ({count} band{'s' if count != 1 else ''} of {width}x{rows} px{how})"
     params[KEY_TILING] = tiling
     if options.tile_size:
         params[KEY_TILE_SIZE] = str(options.tile_size)

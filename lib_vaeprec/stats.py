@@ -24,6 +24,8 @@ class CallStats:
                                        # them (a VAE the host loaded at that dtype)
     tiles: int = 0                     # bands of the most finely split stage (0: untiled; 1: not split)
     tile_px: int = 0
+    bands: int = 0                     # bands the image was cut into at its own resolution (0: untiled)
+    band_px: tuple = ()                # (width, rows) of the tallest of them, in image pixels
     rungs_failed: list = field(default_factory=list)   # memory rungs that ran out of memory before the one that ran
     host_peak_bytes: int = None        # host memory a tiled call kept its maps in
     fallbacks: list = field(default_factory=list)   # guard.Fallback entries
@@ -123,13 +125,14 @@ class GenerationStats:
                 found |= rounded
         return sorted(found)
 
-    def tiles(self):
-        """Tiles of the calls that were split: a tiled call that fitted in one piece was not."""
-        return sum(c.tiles for c in self.calls if c.split)
-
-    def tile_px(self):
-        sizes = [c.tile_px for c in self.calls if c.split]
-        return max(sizes) if sizes else 0
+    def bands(self):
+        """(bands, width px, rows px) of the call that cut its image into the most bands, of the calls that
+        were split (a tiled call that fitted in one piece was not); None where none was."""
+        split = [c for c in self.calls if c.split and c.band_px]
+        if not split:
+            return None
+        most = max(split, key=lambda c: (c.bands, -c.band_px[1]))
+        return (most.bands, *most.band_px)
 
     def tiled_after_oom(self):
         return any(c.tiled_after_oom for c in self.calls if c.split)

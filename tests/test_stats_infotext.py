@@ -12,8 +12,8 @@ from lib_vaeprec.stats import CallStats, GenerationStats, measure
 def _generation():
     gen = GenerationStats()
     gen.add(CallStats("encode", dtype="bf16", seconds=0.12, peak_bytes=2**29, ram_bytes=3 * 2**30))
-    gen.add(CallStats("decode", dtype="bf16", seconds=0.41, peak_bytes=2**31, ram_bytes=5 * 2**30, tiles=4, tile_px=512,
-                      samples=4, fallbacks=[Fallback(torch.bfloat16, torch.float32, 1, 4)]))
+    gen.add(CallStats("decode", dtype="bf16", seconds=0.41, peak_bytes=2**31, ram_bytes=5 * 2**30, tiles=8, tile_px=512,
+                      bands=4, band_px=(1024, 256), samples=4, fallbacks=[Fallback(torch.bfloat16, torch.float32, 1, 4)]))
     return gen
 
 
@@ -21,7 +21,7 @@ def test_format_has_every_field():
     params = format_params(VaeOptions(dtype="auto", tiling="auto", tile_size=512, offload="after_use"), _generation())
     assert params == {
         "VAE dtype": "auto (bf16/fp32)", "VAE decode": "0.41 s", "VAE encode": "0.12 s", "VAE peak VRAM": "2.00 GiB",
-        "VAE RAM": "5.00 GiB", "VAE tiling": "auto (4 tiles of 512 px)", "VAE tile size": "512",
+        "VAE RAM": "5.00 GiB", "VAE tiling": "auto (4 bands of 1024x256 px)", "VAE tile size": "512",
         "VAE offload": "offload to CPU after use", "VAE fallback": "bf16->fp32 (1 of 4)",
     }
 
@@ -138,9 +138,10 @@ def test_offload_names_the_cpu_when_the_calls_ran_there(offload, devices, writte
     assert format_params(VaeOptions(offload=offload), gen)["VAE offload"] == written
 
 
-@pytest.mark.parametrize("tiles,written", [(0, "always"), (1, "always"), (2, "always (2 tiles of 512 px)")])
+@pytest.mark.parametrize("tiles,written", [(0, "always"), (1, "always"), (2, "always (2 bands of 512x256 px)")])
 def test_tiles_only_when_the_call_was_split(tiles, written):
-    gen = _one_call(dtype="fp32", tiles=tiles, tile_px=512 if tiles else 0)
+    gen = _one_call(dtype="fp32", tiles=tiles, tile_px=512 if tiles else 0, bands=tiles,
+                    band_px=(512, 256) if tiles else ())
     assert format_params(VaeOptions(tiling="always"), gen)["VAE tiling"] == written
 
 
@@ -241,4 +242,22 @@ def test_non_finite_of_a_hires_generation_counts_its_final_images():
     for kind, samples, given in (("decode", 2, 0), ("encode", 2, 0), ("decode", 1, 1), ("decode", 1, 0)):
         gen.add(CallStats(kind, dtype="fp32", samples=samples, nonfinite_input=given))
     assert format_params(VaeOptions(dtype="fp32"), gen, images=2)["VAE non-finite"] == "1 of 2 in the latent"
+
+
+@pytest.mark.parametrize("tile_size,written", [(64, "always (4 bands of 128x32 px)"), (128, "always")])
+def test_the_tiling_report_is_the_images_bands_at_the_tile_size_set(tile_size, written):
+    """The SD decoder's full resolution has 128 channels (and 256 before its last up block): with 256 px
+    tiles a 512x512 render said "8 tiles of 256 px", counting the 256-channel stage; the user set a quarter
+    of the image. Here (128 channels at full resolution, x2), 64 px tiles cut a 128x128 image into 4 bands,
+    and 128 px tiles keep it whole."""
+    from conftest import make_vae
+    from lib_vaeprec.engine import VaeEngine
+    vae = make_vae(block_out_channels=(128, 32), norm_num_groups=32)
+    engine = VaeEngine(vae, VaeOptions(dtype="fp32", tiling="always", tile_size=tile_size)).attach()
+    gen = GenerationStats()
+    engine.on_call = gen.add
+    with torch.no_grad():
+        vae.decode(torch.randn(1, 4, 64, 64))
+    engine.detach()
+    assert format_params(engine.options, gen)["VAE tiling"] == written
 

@@ -15,9 +15,12 @@ import logging
 import torch
 
 from ..forward_override import Replaced
+from ..outputs import main_tensor
 from .layout import layout_of
 from .plan import (MIN_TILE, SCALE, UNTILED_SHARE, Plan, PlanError, fits_untiled, make_plan,  # noqa: F401
                    untiled_bytes)
+from .maps import spans
+from .plan import _full_resolution_channels
 from .runner import StageRunner
 
 log = logging.getLogger("vae_precision")
@@ -48,6 +51,16 @@ def plan_for(module, kind, x, tile_px=0, lean=False, **budget):
     return make_plan(layout, kind, x, tile_px=tile_px, lean=lean, **budget)
 
 
+def image_bands(module, kind, plan, runner, x, result):
+    """(bands, (width, rows)): how the image's own resolution, at its channel count there, was cut (the
+    bands the stages at full resolution ran in, in image pixels: what a tile size changes)."""
+    image = main_tensor(result) if kind == "decode" else x
+    n, _, height, width = image.shape
+    rows = runner.band_rows(_full_resolution_channels(module, kind), width, n)
+    cuts = spans(height, rows, 0)
+    return len(cuts), (width, max(b - a for a, b, _, _ in cuts))
+
+
 def run_tiled(original, module, kind, plan, x, args, kwargs, stats):
     """`original(x, *args, **kwargs)` with the coder's forward replaced by its planned stage-wise run."""
     coder = getattr(module, "decoder" if kind == "decode" else "encoder")
@@ -56,6 +69,7 @@ def run_tiled(original, module, kind, plan, x, args, kwargs, stats):
         result = original(x, *args, **kwargs)
     stats.tiles += runner.most_bands
     stats.tile_px = plan.tile_px
+    stats.bands, stats.band_px = image_bands(module, kind, plan, runner, x, result)
     if plan.host_bytes:
         stats.host_peak_bytes = max(stats.host_peak_bytes or 0, plan.host_bytes)
     trades = plan.trades()

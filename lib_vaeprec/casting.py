@@ -43,7 +43,7 @@ class WeightCast:
         self._cast_prints = {}   # slot -> (version counter, dtype) right after we cast it
         self._plan_key, self._plan = None, None   # (dtype, per-module dtypes) -> [(slot, target dtype)]
         self.generation = 0      # how many times the host's own new weights were adopted
-        self._watches = []       # follow_caller, while weights are cast: load pre-hook handles
+        self._watches = {}       # follow_caller, while weights are cast: owner module -> its load pre-hook
         self._shadowed_apply = None   # follow_caller, while weights are cast: (our _apply, what it shadows)
 
     @property
@@ -139,11 +139,11 @@ class WeightCast:
 
     # ----- following a library caller's changes while weights are cast -----
     def _watch(self):
-        if self._watches:
+        for owner in {slot[0] for slot in self._originals} - set(self._watches):
+            self._watches[owner] = owner._register_load_state_dict_pre_hook(
+                lambda module, *args: self._restore_own(module), with_module=True)
+        if self._shadowed_apply is not None:
             return
-        for owner in {slot[0] for slot in self._originals}:
-            self._watches.append(owner._register_load_state_dict_pre_hook(
-                lambda module, *args: self._restore_own(module), with_module=True))
         previous = self.module.__dict__.get("_apply")
         call_through = previous if previous is not None else self.module._apply
 
@@ -157,7 +157,7 @@ class WeightCast:
         self._shadowed_apply = (_apply, previous)
 
     def _unwatch(self):
-        for handle in self._watches:
+        for handle in self._watches.values():
             handle.remove()
         self._watches.clear()
         if self._shadowed_apply is not None:

@@ -52,6 +52,7 @@ class VaeEngine:
         # follows_caller: the caller's own loads, conversions and writes win (casting.py); a web UI's adapter
         # answers its host's recasts itself (hosts/adapter.py).
         self.caster = WeightCast(module, follow_caller=follows_caller, lock=self._lock)
+        self._weights_seen = self.caster.generation      # the caster's generation mixed's ranges are for
         self.offloader = Offloader(options.offload)
         self._blocks = BlockPrecision(module)   # mixed: the blocks' measured ranges and input casts
         self._compiled = CompiledCoders()
@@ -149,9 +150,9 @@ class VaeEngine:
             self._blocks.remove()
             self.caster.restore()
             return self._host_dtype()
-        generation = self.caster.generation
         self.caster.adopt_host_changes()
-        if self.caster.generation != generation:      # new weights written by the host: measure them
+        if self.caster.generation != self._weights_seen:   # new weights written (or loaded) since: measure them
+            self._weights_seen = self.caster.generation
             self._blocks.forget()
         plan, module_dtypes = self._block_plan(precision, kind)
         self.caster.cast(precision.dtype, module_dtypes)

@@ -55,7 +55,8 @@ def test_weights_loaded_into_a_submodule_and_the_next_call_uses_them(native_16_b
     vae.decoder.load_state_dict(other.decoder.state_dict())
     vae.post_quant_conv.load_state_dict(other.post_quant_conv.state_dict())
     with torch.no_grad():
-        vae.decode(latents())                 # new weights: measured again
+        vae.decode(latents())                 # new weights: measured again, in the safe dtype
+        assert engine.last_call.dtype == "bf16"
         image = vae.decode(latents()).sample
     assert engine.last_call.dtype == "mixed" and psnr(image, expected) > 40
     lib_vaeprec.remove(vae)

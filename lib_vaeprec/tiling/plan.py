@@ -256,17 +256,17 @@ def _after(step, held, out_b):
     return _Held(step.shape, step.dtype, held.device_bytes, held.host_bytes, stored=False), 0   # on the fly
 
 
-def _size(num, digits=3):
+def _size(num, decimals=1):
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if num >= scale:
-            return f"{num / scale:.{digits}g} {unit}"
+            return f"{num / scale:.{decimals}f} {unit}"
     return f"{num:.0f} bytes"
 
 
 def _sizes(need, have):
-    """Both figures of a shortfall, with the digits that show the first is larger."""
-    for digits in range(3, 8):
-        shown = _size(need, digits), _size(have, digits)
+    """Both figures of a shortfall, with the decimals that show the first is larger."""
+    for decimals in range(1, 6):
+        shown = _size(need, decimals), _size(have, decimals)
         if shown[0] != shown[1]:
             break
     return shown

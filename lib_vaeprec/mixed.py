@@ -101,7 +101,10 @@ class BlockPrecision:
         def keep(name, value):
             for t in (value if isinstance(value, (tuple, list)) else (value,)):
                 if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-                    m = t.detach().abs().amax().float()
+                    # the largest |value| without a copy of the tensor (abs() would make one: a map's worth
+                    # of memory that a tiled call's plan does not have)
+                    low, high = torch.aminmax(t.detach())
+                    m = torch.maximum(low.abs(), high.abs()).float()
                     largest[name] = m if name not in largest else torch.maximum(largest[name], m)
 
         for name, group in self.blocks(kind):

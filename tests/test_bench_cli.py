@@ -36,6 +36,9 @@ def _err_line(capsys):
     (["--tiling", "sideways"], "--tiling"),
     (["--free-gb", "-1"], "--free-gb"),
     (["--free-gb", "nan"], "--free-gb"),
+    (["--cap-gb", "0"], "--cap-gb"),
+    (["--cap-gb", "inf"], "--cap-gb"),
+    (["--tiled-only", "--tiling", "off"], "leaves no rows"),
     (["--runs", "0"], "--runs"),
     (["--seed", "-1"], "--seed"),
     (["--bogus"], "unrecognized"),
@@ -194,3 +197,16 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch):
     assert rows[(64, "decode", "diffusers fp32 tiled")]["tiles"] == 0   # one tile: diffusers does not split
     assert all(r["first_ms"] is not None for r in data["rows"])
     assert os.path.getsize(tmp_path / "bench.png") > 1000
+
+
+def test_first_call_rows_run_before_their_reference(tmp_path, capsys, monkeypatch):
+    """--first-call: the tiled row is the process's first call (its 1st ms), the fp32 reference is made
+    after it and its psnr still filled in; every call's failed rungs are reported."""
+    monkeypatch.setattr(models, "build", lambda arch="sd", seed=0: make_vae(seed, **SMALL))
+    code = cli.main(["bench", "--device", "cpu", "--sizes", "128", "--dtypes", "fp32", "--runs", "1",
+                     "--tiling", "on", "--tile-size", "64", "--tiled-only", "--no-baseline", "--first-call",
+                     "--out", str(tmp_path)])
+    assert code == 0
+    rows = json.load(open(tmp_path / "bench.json"))["rows"]
+    assert [(r["variant"], r["op"]) for r in rows] == [("vaeprec fp32 tiled", "decode")]
+    assert rows[0]["psnr"] > 90 and rows[0]["first_ms"] is not None and rows[0]["rungs_failed"] == []

@@ -126,13 +126,14 @@ def _allocator_cap(device, cap_gb):
         yield
         return
     memory.release_cached(device)
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = min(1.0, (torch.cuda.memory_reserved(device) + cap_gb * 1e9) / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    index = device.index if device.index is not None else torch.cuda.current_device()   # it takes no "cuda"
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = min(1.0, (torch.cuda.memory_reserved(index) + cap_gb * 1e9) / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
     try:
         yield
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
 def _reference(vae, z, encode, device, tiled, tile_px):

@@ -434,7 +434,7 @@ def test_a_first_call_that_measures_ranges_fits_its_plan(vae, kind):
     assert len(blocks.ranges[kind]) == len(blocks.blocks(kind)) and cap.peak <= plan.device_need
 
 
-def test_the_last_rung_is_the_cpu(monkeypatch):
+def test_the_last_rung_is_the_cpu(monkeypatch, caplog):
     """Every device rung runs out of memory: the call ends on the CPU, in what the CPU runs natively, and
     the weights are back in the chosen dtype afterwards. (Here the 'device' is the CPU itself, in bf16, and
     every call outside the CPU rung fails.)"""
@@ -461,13 +461,17 @@ def test_the_last_rung_is_the_cpu(monkeypatch):
         ("on the CPU", lambda: cpu_rung(*call[:-1], why=call[-1].why_cpu))])
     monkeypatch.setattr(tiling.plan.memory, "free_bytes", lambda device: 1e5)   # no room to run untiled
     try:
-        with torch.no_grad():
+        with torch.no_grad(), caplog.at_level(logging.WARNING, logger="vae_precision"):
             image = vae.decode(z).sample
     finally:
         handle.remove()
     stats = engine.last_call
     assert stats.rungs_failed[0] == "tiled" and stats.rungs_failed[-1] == "tiled with the least memory"
     assert stats.device == "cpu"
+    # one line says both that it runs on the CPU and why
+    cpu_lines = [r.getMessage() for r in caplog.records if "CPU" in r.getMessage()]
+    assert len(cpu_lines) == 1 and "runs on the CPU in" in cpu_lines[0]
+    assert ": decode tiled with the least memory ran out of memory" in cpu_lines[0]
     assert image.dtype == torch.float32 and psnr(image, reference) > 40
     assert vae.decoder.conv_in.weight.dtype == torch.bfloat16
     engine.detach()

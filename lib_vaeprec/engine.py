@@ -236,6 +236,7 @@ class VaeEngine:
                 self._fused.forget_kernels()     # they would stay on the GPU between calls
             if opts.free_memory:
                 memory.release_cached(device, collect=False)
+                tiling.release_host_memory()
         return result, stats
 
     def _run_with_gradients(self, kind, original, x, args, kwargs):
@@ -291,18 +292,32 @@ class VaeEngine:
     def _run_sized(self, kind, original, x, args, kwargs, stats):
         """The call in the memory there is, down a ladder of rungs (`_rungs`), each slower and leaner than
         the one before. A rung that runs out of memory, or whose plan does not fit, hands over to the next;
-        the last one's failure is the call's."""
-        rungs = self._rungs(kind, original, x, args, kwargs, stats)
-        failed = None
+        the last one's failure is the call's.
+
+        After an out-of-memory error the free-memory reading is known to be wrong (memory was taken
+        between the reading and the allocation, or an allocator cap it does not see), so the rungs after
+        it plan within `ladder.limit`: a share of what the failed rung asked for, and of what the device
+        did hold before it failed."""
+        ladder = _Ladder(x.device)
+        rungs = self._rungs(kind, original, x, args, kwargs, stats, ladder)
+        failed = failed_rung = None
         for i, (name, rung) in enumerate(rungs):
+            if name == "tiled in less memory" and ladder.limit is None:
+                continue           # nothing ran out of memory: the reading stands, and its plan did not fit
             if failed is not None:
                 # Here, outside the except block, the failed rung's frames (and tensors) are gone.
                 memory.release_cached(x.device)
-                log.warning("VAE Precision: %s %s %s; running it %s", kind, rungs[i - 1][0], failed, name)
-                stats.rungs_failed.append(rungs[i - 1][0])
+                stats.rungs_failed.append(failed_rung)
+                if name == "on the CPU":     # said in the CPU rung's own line
+                    ladder.why_cpu = f"{kind} {failed_rung} {failed}"
+                else:
+                    log.warning("VAE Precision: %s %s %s; running it %s", kind, failed_rung, failed, name)
             last = i == len(rungs) - 1
+            ladder.start()
             try:
-                return rung()
+                result = rung()
+                tiling.note_call_ran(x.device)
+                return result
             except tiling.PlanError as error:
                 if last:
                     raise
@@ -310,13 +325,17 @@ class VaeEngine:
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
                 if last or not memory.is_out_of_memory(error):
                     raise
-                failed = "ran out of memory"
+                ladder.ran_out()
+                failed = "ran out of memory" + (f" (it asked for {_gib(ladder.asked)})" if ladder.asked else "")
+            failed_rung = name
         raise AssertionError("unreachable: the last rung returns or raises")
 
-    def _rungs(self, kind, original, x, args, kwargs, stats):
-        """[(name, run)]: untiled (with low-memory convolutions where only they fit), tiled as planned from
-        free memory, tiled holding as little as possible, then on the CPU. Tiling `auto` starts where the
-        estimate says the call fits, `always` at the tiled rung, `off` skips the tiled rungs."""
+    def _rungs(self, kind, original, x, args, kwargs, stats, ladder):
+        """[(name, run)]: untiled (with low-memory convolutions where only they fit); tiled as planned from
+        free memory; tiled in less memory (only after an out-of-memory error: within what failed); tiled
+        with the least memory (a small fixed plan that reads no free memory); then on the CPU. Tiling
+        `auto` starts where the estimate says the call fits, `always` at the tiled rung, `off` skips the
+        tiled rungs."""
         mode, layers = self.options.tiling, self._layers_in_use(x.device)
         # diffusers' slicing, kept for untiled calls, runs one image at a time
         one_call = x[:1] if coder_switches.slices(self.module, x) else x
@@ -334,34 +353,50 @@ class VaeEngine:
             log.warning("VAE Precision: %s runs untiled: %s", kind, untileable)
         rungs = []
         if route != "tiled" or untileable:
-            rungs.append(("untiled", lambda: self._untiled(*call, low_memory=route == "low_memory")))
+            rungs.append(("untiled", lambda: self._untiled(*call, low_memory=route == "low_memory", ladder=ladder)))
         if mode != "off" and not untileable:
-            rungs.append(("tiled", lambda: self._tiled(*call, lean=False)))
-            rungs.append(("tiled with the least memory", lambda: self._tiled(*call, lean=True)))
+            rungs.append(("tiled", lambda: self._tiled(*call, ladder=ladder)))
+            rungs.append(("tiled in less memory", lambda: self._tiled(*call, ladder=ladder, within_failed=True)))
+            rungs.append(("tiled with the least memory", lambda: self._tiled(*call, ladder=ladder, lean=True)))
         if x.device.type != "cpu":
-            rungs.append(("on the CPU", lambda: self._on_cpu(*call)))
+            rungs.append(("on the CPU", lambda: self._on_cpu(*call, why=ladder.why_cpu)))
         elif rungs[0][0] != "untiled" and _small_for_any_host(self.module, kind, one_call, layers):
             # Where the tiled plans find no room in RAM that reads short (a sandbox's figure), a call this
             # small is tried whole before giving up: no host running a web UI lacks that much.
-            rungs.append(("untiled", lambda: self._untiled(*call)))
+            rungs.append(("untiled", lambda: self._untiled(*call, ladder=ladder)))
         return rungs
 
-    def _untiled(self, kind, original, x, args, kwargs, stats, low_memory=False):
+    def _untiled(self, kind, original, x, args, kwargs, stats, low_memory=False, ladder=None):
+        if ladder is not None:
+            layers = "low_memory" if low_memory else self._layers_in_use(x.device)
+            ladder.asked = tiling.untiled_bytes(self.module, kind, x, layers)
         with self._low_memory_for_call(low_memory), coder_switches.obeyed(self.module, slicing=True):
             return original(x, *args, **kwargs)
 
-    def _tiled(self, kind, original, x, args, kwargs, stats, lean):
+    def _tiled(self, kind, original, x, args, kwargs, stats, ladder=None, lean=False, within_failed=False):
+        """A tiled run: planned from free memory (`ladder.limit` once a rung ran out of it); with
+        `within_failed` (after an out-of-memory error), with the band from that limit, not the tile size
+        asked for; `lean`: the least-memory plan."""
+        limit = ladder.limit if ladder is not None else None
         untiled = tiling.untiled_bytes(self.module, kind, x, self._layers_in_use(x.device))
-        plan = tiling.plan_for(self.module, kind, x, tile_px=self.options.tile_size, lean=lean, ceiling=untiled)
+        tile_px = 0 if within_failed else self.options.tile_size
+        plan = tiling.plan_for(self.module, kind, x, tile_px=tile_px, lean=lean, ceiling=untiled,
+                               free_bytes=limit, reserve=tiling.first_call_reserve(x.device))
+        if ladder is not None:
+            if within_failed and ladder.failed_ask and plan.device_need >= ladder.failed_ask:
+                raise tiling.PlanError(f"its plan needs {_gib(plan.device_need)}, no less than the one that ran "
+                                       "out of memory")
+            ladder.asked = plan.device_need
         with coder_switches.obeyed(self.module, slicing=False):     # the plan is for the whole batch
             return tiling.run_tiled(original, self.module, kind, plan, x, args, kwargs, stats)
 
-    def _on_cpu(self, kind, original, x, args, kwargs, stats):
+    def _on_cpu(self, kind, original, x, args, kwargs, stats, why=None):
         """The last rung: the whole call on the CPU, in what the CPU runs natively (tiled there too if it
-        would not fit the RAM), the result back on the call's device."""
+        would not fit the RAM), the result back on the call's device. `why`: what failed on the device."""
         cpu = torch.device("cpu")
         precision = policy.resolve("auto", caps_of(cpu))
-        log.warning("VAE Precision: %s runs on the CPU in %s (slow)", kind, dtypes.name_of(precision.dtype))
+        log.warning("VAE Precision: %s runs on the CPU in %s (slow)%s", kind, dtypes.name_of(precision.dtype),
+                    f": {why}" if why else "")
         mover = Offloader("cpu")
         sequential = self.offloader.mode == "sequential"
         if sequential:
@@ -459,6 +494,45 @@ def _cudnn_benchmark(on):
 
 
 LOW_MEMORY_SHARE = 0.7    # of free memory, for the estimate of an untiled call switched to low-memory convs
+
+
+class _Ladder:
+    """What the rungs of one call learn about device memory from the ones that failed.
+
+    A rung sets `asked` (its untiled estimate or its plan's device need) before it allocates; when it runs
+    out of memory, `limit` becomes a share of that (SHRINK) and, on CUDA, of what the allocator did hold
+    above the rung's start before the error (HELD_SHARE): the memory there really is lies between the
+    two."""
+    SHRINK = 0.5
+    HELD_SHARE = 0.8
+
+    def __init__(self, device):
+        self.device = device
+        self.asked = self.failed_ask = None
+        self.limit = None           # device bytes the next plans may count on (None: the reading stands)
+        self.why_cpu = None
+        self._base = 0
+
+    def start(self):
+        self.asked = None
+        if self.device.type == "cuda":
+            self._base = torch.cuda.memory_allocated(self.device)
+
+    def ran_out(self):
+        self.failed_ask = self.asked
+        limits = [self.limit] if self.limit is not None else []
+        if self.asked:
+            limits.append(self.SHRINK * self.asked)
+        if self.device.type == "cuda":
+            held = torch.cuda.max_memory_allocated(self.device) - self._base
+            if held > 0:
+                limits.append(self.HELD_SHARE * held)
+        if limits:
+            self.limit = int(min(limits))
+
+
+def _gib(num):
+    return f"{num / 2**30:.1f} GiB" if num >= 2**30 else f"{num / 2**20:.0f} MiB"
 
 
 def choose_route(mode, layers, fits, can_band):

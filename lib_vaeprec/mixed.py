@@ -137,6 +137,12 @@ class BlockPrecision:
 def _largest_finite(t):
     """The largest finite |value| of `t` (-1 where it has none): a NaN or Inf from the sampler (or one the
     call made) is no measure of the block's range; max(0.0, nan) would have recorded 0, every block fp16."""
+    # without a copy of the map (abs() would make one: memory a tiled call's plan does not have); only a map
+    # that holds NaN/Inf pays for the masked pass (measuring calls alone come here)
+    low, high = torch.aminmax(t.detach())
+    largest = torch.maximum(low.abs(), high.abs()).float()
+    if bool(torch.isfinite(largest)):
+        return largest
     magnitude = t.detach().abs()
     return magnitude.masked_fill_(~torch.isfinite(magnitude), -1.0).amax().float()
 

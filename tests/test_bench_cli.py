@@ -36,6 +36,9 @@ def _err_line(capsys):
     (["--tiling", "sideways"], "--tiling"),
     (["--free-gb", "-1"], "--free-gb"),
     (["--free-gb", "nan"], "--free-gb"),
+    (["--cap-gb", "0"], "--cap-gb"),
+    (["--cap-gb", "inf"], "--cap-gb"),
+    (["--tiled-only", "--tiling", "off"], "leaves no rows"),
     (["--runs", "0"], "--runs"),
     (["--seed", "-1"], "--seed"),
     (["--bogus"], "unrecognized"),
@@ -219,7 +222,19 @@ def test_a_size_whose_tiled_reference_finds_no_room_is_refused_before_any_work()
     with pytest.raises(footprint.DoesNotFit, match="cannot fit: the fp32 reference .* and tiled its decode: its"):
         footprint.plan(vae, torch.device("cpu"), [8], 100000, variants, ["decode"], free_bytes=1.5e9,
                        host_free_bytes=1.5e9)
-    fit = footprint.plan(vae, torch.device("cpu"), [8], 100, variants, ["decode"], free_bytes=1.5e9,
+    fit = footprint.plan(vae, torch.device("cpu"), [8], 10, variants, ["decode"], free_bytes=1.5e9,
                          host_free_bytes=1.5e9)
     assert not fit.skipped and not fit.tiled_reference
 
+
+def test_first_call_rows_run_before_their_reference(tmp_path, capsys, monkeypatch):
+    """--first-call: the tiled row is the process's first call (its 1st ms), the fp32 reference is made
+    after it and its psnr still filled in; every call's failed rungs are reported."""
+    monkeypatch.setattr(models, "build", lambda arch="sd", seed=0: make_vae(seed, **SMALL))
+    code = cli.main(["bench", "--device", "cpu", "--sizes", "128", "--dtypes", "fp32", "--runs", "1",
+                     "--tiling", "on", "--tile-size", "64", "--tiled-only", "--no-baseline", "--first-call",
+                     "--out", str(tmp_path)])
+    assert code == 0
+    rows = json.load(open(tmp_path / "bench.json"))["rows"]
+    assert [(r["variant"], r["op"]) for r in rows] == [("vaeprec fp32 tiled", "decode")]
+    assert rows[0]["psnr"] > 90 and rows[0]["first_ms"] is not None and rows[0]["rungs_failed"] == []

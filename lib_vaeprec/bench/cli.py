@@ -119,6 +119,19 @@ def parser():
                    help="run the tiled rows with only this much GPU memory free (as on a smaller card; CUDA). "
                         f"Default: {DEFAULT_FREE_GB:g} for the no-flag run's tiled rows, so that both tilers work in "
                         "the same small memory; else all memory")
+    p.add_argument("--cap-gb", type=float, default=None,
+                   help="run the tiled rows with torch's allocator capped at this many GB above what the bench "
+                        "holds (torch.cuda.set_per_process_memory_fraction; CUDA): a limit that free-memory "
+                        "readings do not show. With --free-gb both apply")
+    p.add_argument("--tiled-only", action="store_true",
+                   help="run only the tiled rows (ours and, unless --no-baseline, diffusers tiled)")
+    p.add_argument("--first-call", action="store_true",
+                   help="decode only: run the rows before anything else runs on the device, so the first row's "
+                        "1st ms is the process's first call (a fresh web UI); the fp32 reference is made after "
+                        "them")
+    p.add_argument("--no-reference", action="store_true",
+                   help="decode only: make no fp32 reference (no psnr figures), where it would cost more than the "
+                        "rows (an 8192² fp32 reference is made tiled, in about a minute)")
     p.add_argument("--offload", help="also run these offload modes: " + ",".join(OFFLOAD_CHOICES))
     p.add_argument("--speed", help="also run these speed options on the main dtype: "
                    + ", ".join(SPEED_FLAGS) + " (join with +, e.g. compile+channels_last)")
@@ -185,10 +198,11 @@ def variants_from(args, caps, sizes):
     # The no-flag run times strict fp32 at its smallest size only (1.8 s a call at 2048² on an H100): it
     # must end within a minute; every PSNR still compares with strict fp32 at every size.
     strict_sizes = (min(sizes),) if args.sizes is None else ()
-    variants = [] if args.skip_fp32_timing else fp32_rows(caps, args.tf32, strict_sizes)
-    if not args.no_baseline:
+    variants = [] if args.skip_fp32_timing or args.tiled_only else fp32_rows(caps, args.tf32, strict_sizes)
+    if not args.no_baseline and not args.tiled_only:
         variants += [runner.Variant(f"diffusers {d}", d, plain=True) for d in dtypes if d in ("bf16", "fp16")]
-    variants += [runner.Variant(f"vaeprec {d}", d, options=VaeOptions(dtype=d, **untiled)) for d in dtypes]
+    if not args.tiled_only:
+        variants += [runner.Variant(f"vaeprec {d}", d, options=VaeOptions(dtype=d, **untiled)) for d in dtypes]
 
     if args.tiling is None:          # the default: one tiled row, the main dtype at the largest size
         tiled_dtypes, only, mode, label = [main], (max(sizes),), "always", "tiled"
@@ -208,6 +222,10 @@ def variants_from(args, caps, sizes):
         variants.append(runner.Variant(f"diffusers {main} tiled", main, plain=True, tiled=True, tile_px=tile_px,
                                        limited_memory=True, sizes=only))
 
+    if args.tiled_only:
+        if not any(v.is_tiled for v in variants):
+            raise UsageError("--tiled-only with --tiling off leaves no rows")
+        return variants
     variants += [runner.Variant(f"vaeprec {main} {m}", main, options=VaeOptions(
         dtype=main, offload=m, **untiled)) for m in offloads]
     for combo in combos:
@@ -255,6 +273,8 @@ def _numbers(args):
         raise UsageError("--batch and --runs must be at least 1, --warmup at least 0")
     if args.free_gb is not None and not (math.isfinite(args.free_gb) and args.free_gb >= 0):
         raise UsageError(f"--free-gb must be a number of GB from 0 up, not {args.free_gb}")
+    if args.cap_gb is not None and not (math.isfinite(args.cap_gb) and args.cap_gb > 0):
+        raise UsageError(f"--cap-gb must be a number of GB above 0, not {args.cap_gb}")
     if not 0 <= args.seed < 2**63:
         raise UsageError("--seed must be from 0 to 2**63-1")
 
@@ -308,6 +328,8 @@ def main(argv=None):
             print(f"note: --free-gb applies to CUDA only; the tiled rows run with all memory on {device}",
                   file=sys.stderr)
             args.free_gb = 0.0
+        if args.first_call or args.no_reference:
+            args.no_encode = True
         sizes = _sizes(args.sizes) if args.sizes is not None else default_sizes(caps)
         variants = variants_from(args, caps, sizes)
         report.prepare_out_dir(args.out)
@@ -335,7 +357,8 @@ def run(args, device, sizes, variants, vae, fit, command=""):
                 baseline=baseline, reference="plain diffusers fp32, untiled"
                 + (", strict (no TF32)" if device.type == "cuda" else ""),
                 tf32=args.tf32 if device.type == "cuda" else "n/a",
-                cudnn_benchmark=args.cudnn_benchmark, free_gb=args.free_gb, sizes=sizes, batch=args.batch,
+                cudnn_benchmark=args.cudnn_benchmark, free_gb=args.free_gb, cap_gb=args.cap_gb, sizes=sizes,
+                batch=args.batch,
                 runs=args.runs, warmup=args.warmup, command=command)
     print(f"VAE: {meta['vae']} | device: {meta['device']} | torch {meta['torch']} | "
           f"variants: {', '.join(v.name for v in variants)}", flush=True)
@@ -347,12 +370,17 @@ def run(args, device, sizes, variants, vae, fit, command=""):
                           encode=not args.no_encode, seed=args.seed, progress=bar, free_gb=args.free_gb,
                           skipped=fit.skipped, tiled_reference=fit.tiled_reference,
                           reference_tile_px=tiled_tile_px or default_tile_px(max(sizes)), baseline=baseline,
-                          say=bar.write, tf32_rows=args.tf32 != "off")
+                          say=bar.write, tf32_rows=args.tf32 != "off", cap_gb=args.cap_gb,
+                          reference_after="none" if args.no_reference else args.first_call)
     meta["seconds"] = round(_seconds_since_start(), 1)
     meta["reference"] += "".join(f"; {s}px made tiled (untiled it does not fit)" for s in sizes
                                  if any(r.get("reference_tiled") for r in rows if r["size"] == s))
     print(report.legend(rows, meta))
     print(report.table(rows))
+    for row in rows:
+        if row.get("rungs_failed"):
+            print(f"{row['variant']} {row['op']} {row['size']}px: rungs that failed: {'; '.join(row['rungs_failed'])}"
+                  f" (ran on {'/'.join(row.get('ran_on', []))})")
     print(report.first_calls(rows, meta["seconds"]))
     if args.profile and device.type == "cuda":
         with cudnn_autotuning(args.cudnn_benchmark == "on"), runner.tf32(device, args.tf32 != "off"):

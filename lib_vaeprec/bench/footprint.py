@@ -130,9 +130,14 @@ def _tiled_refusal(vae, ops, size, batch, free):
         side = size // tiling.SCALE if op == "decode" else size
         x = torch.empty(batch, channels, side, side, device="meta")
         try:
-            tiling.plan_for(vae, op, x, lean=True, free_bytes=max(free, 0), host_free=max(free, 0),
-                            host_maps=False)
+            # the least-memory plan reads no free memory (it is the rung for a reading that proved wrong):
+            # its need is held against `free` here
+            plan = tiling.plan_for(vae, op, x, lean=True, free_bytes=max(free, 0), host_free=max(free, 0),
+                                   host_maps=False)
         except tiling.PlanError as error:
             return f"its {op}: {error}"
+        if plan.device_need > free:
+            need, have = tiling.plan._sizes(plan.device_need, max(free, 0))
+            return f"its {op}: its maps and work need {need} of memory and {have} is there for them"
     return None
 

@@ -80,6 +80,7 @@ class _Prepared:
 
     def __init__(self, vae, variant, device):
         self.variant, self.engine, self.vae = variant, None, vae
+        self.calls = []                      # CallStats of every call, the untimed first one included
         if variant.plain:
             self.vae = copy.deepcopy(vae).to(device, PLAIN_DTYPES[variant.dtype])
             self.dtype = PLAIN_DTYPES[variant.dtype]
@@ -89,7 +90,7 @@ class _Prepared:
                     self.vae.tile_sample_min_size = variant.tile_px
                     self.vae.tile_latent_min_size = variant.tile_px // 8
         else:
-            self.engine = VaeEngine(vae, variant.options).attach()
+            self.engine = VaeEngine(vae, variant.options, on_call=self.calls.append).attach()
             self.dtype = torch.float32       # the engine casts the input itself
 
     def close(self):
@@ -115,6 +116,24 @@ def _ballast(device, free_gb):
         yield
     finally:
         blocks.clear()
+
+
+@contextlib.contextmanager
+def _allocator_cap(device, cap_gb):
+    """torch's allocator limited to `cap_gb` GB above what the process holds now
+    (torch.cuda.set_per_process_memory_fraction): a limit free memory readings do not show."""
+    if not cap_gb or device.type != "cuda":
+        yield
+        return
+    memory.release_cached(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()   # it takes no "cuda"
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = min(1.0, (torch.cuda.memory_reserved(index) + cap_gb * 1e9) / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
 def _reference(vae, z, encode, device, tiled, tile_px):
@@ -143,25 +162,32 @@ def _reference(vae, z, encode, device, tiled, tile_px):
 
 def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, seed=0, progress=None,
         free_gb=None, skipped=None, tiled_reference=(), reference_tile_px=0, baseline=None, say=print,
-        tf32_rows=HOSTS_TF32):
+        tf32_rows=HOSTS_TF32, cap_gb=None, reference_after=False):
     """One row per (size, operation, variant). `free_gb`: the limited_memory variants run with only
-    that much device memory left free. `skipped`: {(size, variant name): why} rows not run (they would
-    not fit); `tiled_reference`: sizes whose fp32 reference is made tiled. `baseline`: the variant
-    the x columns compare with. `tf32_rows`: TF32 on CUDA for the variants that do not set their own."""
+    that much device memory left free; `cap_gb`: with torch's allocator capped at that much. `skipped`:
+    {(size, variant name): why} rows not run (they would not fit); `tiled_reference`: sizes whose fp32
+    reference is made tiled. `baseline`: the variant the x columns compare with. `tf32_rows`: TF32 on
+    CUDA for the variants that do not set their own. `reference_after` (decode only): the rows run
+    first, so the first of them is the process's first call, and the reference is made after them
+    ("none": not at all, the rows have no psnr)."""
     skipped = skipped or {}
     rows = []
     vae = vae.to(device)
     latent_channels = vae.config.latent_channels if hasattr(vae, "config") else 4
-    ops = ["decode"] + (["encode"] if encode else [])
+    ops = ["decode"] + (["encode"] if encode and not reference_after else [])
     for size in sizes:
         generator = torch.Generator().manual_seed(seed + size)
         z = torch.randn(batch, latent_channels, size // 8, size // 8, generator=generator).to(device)
-        reference, image, reference_latent, made = _reference(vae, z, encode, device, size in tiled_reference,
-                                                              reference_tile_px)
+        made = None
+        if reference_after:
+            reference = image = reference_latent = None
+        else:
+            reference, image, reference_latent, made = _reference(vae, z, encode, device, size in tiled_reference,
+                                                                  reference_tile_px)
         if made == "tiled":
             say(f"{size}px: the fp32 reference was made tiled (VAE Precision's exact tiling): "
                 "untiled it does not fit")
-        untiled = {}
+        untiled, results = {}, []
         for variant in variants:
             if not variant.runs_at(size):
                 continue
@@ -175,8 +201,11 @@ def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, se
                 for op in ops:
                     call, data, ref = (_decode, z, reference) if op == "decode" else (_encode, image, reference_latent)
                     allowed = tf32_rows if variant.tf32 is None else variant.tf32
+                    limited = variant.limited_memory
                     row = _measure(prepared, op, call, data.to(prepared.dtype), ref, size, batch, warmup, runs,
-                                   device, free_gb if variant.limited_memory else None, untiled, allowed)
+                                   device, free_gb if limited else None, untiled, allowed,
+                                   cap_gb if limited else None,
+                                   keep=results if reference_after and reference_after != "none" else None)
                     if made == "tiled":
                         row["reference_tiled"] = True
                     rows.append(row)
@@ -185,8 +214,24 @@ def run(vae, device, sizes, variants, batch=1, warmup=1, runs=3, encode=True, se
                 prepared.close()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        if reference_after and reference_after != "none":
+            _compare_after(vae, z, device, size in tiled_reference, reference_tile_px, results, say)
     add_ratios(rows, baseline)
     return rows
+
+
+def _compare_after(vae, z, device, tiled, tile_px, results, say):
+    """The PSNR and largest error of rows run before their reference: [(row, result on the host)]."""
+    reference, _image, _latent, made = _reference(vae, z, False, device, tiled, tile_px)
+    if made == "tiled":
+        say("the fp32 reference was made tiled (VAE Precision's exact tiling): untiled it does not fit")
+    for row, result in results:
+        result = result.to(reference.device)
+        row["psnr"] = _round(measure.image_psnr(result, reference), 2)
+        row["max_abs"] = _round(measure.max_abs_error(result, reference), 4)
+        if made == "tiled":
+            row["reference_tiled"] = True
+    results.clear()
 
 
 def _advance(progress):
@@ -194,10 +239,13 @@ def _advance(progress):
         progress.update(1)
 
 
-def _measure(prepared, op, call, data, ref, size, batch, warmup, runs, device, free_gb, untiled, allowed_tf32):
+def _measure(prepared, op, call, data, ref, size, batch, warmup, runs, device, free_gb, untiled, allowed_tf32,
+             cap_gb=None, keep=None):
+    """One row. `keep`: a list the row and its result (on the host) go to, for a reference made later."""
     variant = prepared.variant
     out_of_memory = False
-    with torch.no_grad(), tf32(device, allowed_tf32), _ballast(device, free_gb):
+    prepared.calls.clear()
+    with torch.no_grad(), tf32(device, allowed_tf32), _ballast(device, free_gb), _allocator_cap(device, cap_gb):
         try:
             timing = measure.timed_runs(lambda: call(prepared.vae, data), device, warmup, runs)
         except tiling.PlanError as error:     # no rung after it (off CUDA): one line in the row, no traceback
@@ -210,7 +258,10 @@ def _measure(prepared, op, call, data, ref, size, batch, warmup, runs, device, f
         # Outside the except block: the failed call's frames and their tensors are gone by now.
         memory.release_cached(device)
         return _failed_row(size, batch, op, variant, "out of memory")
-    return _row(size, batch, op, prepared, timing, ref, untiled, device, data.shape, allowed_tf32)
+    row = _row(size, batch, op, prepared, timing, ref, untiled, device, data.shape, allowed_tf32)
+    if keep is not None:
+        keep.append((row, outputs.main_tensor(timing.result).float().cpu()))
+    return row
 
 
 def _mib(value):
@@ -243,11 +294,17 @@ def _row(size, batch, op, prepared, timing, ref, untiled, device, input_shape, a
         resident_mib=_mib(measure.resident_bytes(device)),
         cached_mib=_mib(measure.cached_bytes(device)),
         device_used_mib=_mib(measure.device_used_bytes(device)),
-        psnr=_round(psnr(result, ref), 2), max_abs=_round(measure.max_abs_error(result, ref), 4),
+        psnr=_round(psnr(result, ref), 2) if ref is not None else None,
+        max_abs=_round(measure.max_abs_error(result, ref), 4) if ref is not None else None,
         nonfinite=measure.nonfinite_count(result), tiles=tiles, tile_px=tile_px,
         dtype_used=stats.dtype if stats else variant.dtype,
         fallbacks=[str(f) for f in stats.fallbacks] if stats else [],
     )
+    if prepared.calls:
+        # every rung that ran out of memory or did not fit, in any call of the row (the first one included)
+        row["rungs_failed"] = [f"{c.kind} call {i + 1}: {r}" for i, c in enumerate(prepared.calls)
+                               for r in c.rungs_failed]
+        row["ran_on"] = sorted({c.device for c in prepared.calls})
     if device.type == "cuda":
         row["tf32"] = allowed_tf32
     # PSNRtile: a tiled result against the untiled one of the same dtype and the same code (ours

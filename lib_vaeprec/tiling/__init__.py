@@ -17,8 +17,8 @@ import torch
 from ..forward_override import Replaced
 from ..outputs import main_tensor
 from .layout import layout_of
-from .plan import (MIN_TILE, SCALE, UNTILED_SHARE, Plan, PlanError, fits_untiled, make_plan,  # noqa: F401
-                   untiled_bytes)
+from .plan import (FIRST_CALL_RESERVE, MIN_TILE, SCALE, UNTILED_SHARE, Plan, PlanError, fits_untiled,  # noqa: F401
+                   make_plan, untiled_bytes)
 from .maps import spans
 from .plan import _full_resolution_channels
 from .runner import StageRunner
@@ -26,7 +26,33 @@ from .runner import StageRunner
 log = logging.getLogger("vae_precision")
 
 __all__ = ["run_tiled", "plan_for", "why_untileable", "Plan", "PlanError", "fits_untiled", "untiled_bytes", "SCALE", "MIN_TILE",
-           "UNTILED_SHARE"]
+           "UNTILED_SHARE", "first_call_reserve", "note_call_ran", "release_host_memory"]
+
+_RAN_ON = set()      # CUDA devices a call has run on in this process: their libraries are loaded
+
+
+def first_call_reserve(device):
+    """Device memory a plan leaves aside for what a first call on `device` takes outside its tensors."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    return 0 if _device_key(device) in _RAN_ON else FIRST_CALL_RESERVE
+
+
+def note_call_ran(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        _RAN_ON.add(_device_key(device))
+
+
+def _device_key(device):
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def release_host_memory():
+    """Hands back the pinned host memory kept for the maps of later calls."""
+    from .maps import HOST_BLOCKS
+    HOST_BLOCKS.release()
 
 
 def _wraps_around(coder):
@@ -46,7 +72,7 @@ def why_untileable(module, kind):
 
 def plan_for(module, kind, x, tile_px=0, lean=False, **budget):
     """The plan of a tiled call of a tileable VAE (see why_untileable). Raises PlanError when the maps fit
-    nowhere. `budget`: make_plan's free_bytes, host_free, host_maps."""
+    nowhere. `budget`: make_plan's free_bytes, host_free, host_maps, ceiling, reserve."""
     layout = layout_of(module, kind)
     return make_plan(layout, kind, x, tile_px=tile_px, lean=lean, **budget)
 

@@ -1,7 +1,12 @@
-"""The mid block's self-attention over a map held in bands: exact, with memory bounded by K and V.
+"""The mid block's self-attention over a map held in bands: exact, in device memory that does not grow
+with the image.
 
-Every position attends to every other, so K and V of the whole map are made first (one pass, on the
-device), then each band's queries are answered against them and the band's output written. The VAE's
+Every position attends to every other, so K and V of the whole map are made first (one pass), then each
+band's queries are answered against them and the band's output written. K and V stay whole on the device
+where the plan has room for them (2 GiB for an 8192² image); else they wait in pinned host memory and
+each band's queries read them in chunks of positions, with an online softmax: each chunk's scores are
+exponentiated against the largest score seen so far, and the running sums and outputs are rescaled
+when a larger one comes (fp32 throughout), which gives the same softmax as one pass over every key. The VAE's
 attention is single-head with 512 channels, beyond the flash kernels (head size <= 256): torch falls back
 to its memory-efficient kernel, which took 2.2 s for the 512² latent of a 4096² image on an H100. Answered
 in chunks of queries it took 1.4 s with the same result bit for bit, and with the scores as one fp32
@@ -9,12 +14,14 @@ matrix product per chunk (16-bit inputs, fp32 accumulation and output) 0.98 s (m
 values of order 1). That product needs `torch.mm(..., out_dtype=torch.float32)` (CUDA, torch >= 2.8);
 elsewhere the chunked kernel runs.
 """
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .. import groupnorm_stats
+from .maps import PinnedRows
 
 _PROCESSORS = ("AttnProcessor2_0", "AttnProcessor", "XFormersAttnProcessor", "AttnProcessorNPU")
 SCORE_BYTES = 10         # per query-key pair in a chunk: fp32 scores, their fp32 softmax, 16-bit probabilities
@@ -66,28 +73,71 @@ def _heads(t, heads):
     return t.view(b, length, heads, c // heads).transpose(1, 2)
 
 
-def keys_and_values(parts, bands, stats, shape):
-    """K and V of the whole map, (B, heads, positions, head size) each, from its bands in order."""
-    keys = values = None
-    start = 0
+class DeviceKeysValues:
+    """K and V of the whole map on the device, (B, heads, positions, head size) each: one chunk."""
+
+    whole = True
+
+    def __init__(self, heads):
+        self.heads, self.keys, self.values = heads, None, None
+
+    def write(self, start, k, v, positions):
+        """The (B, n, C) keys and values of positions [start, start + n)."""
+        k, v = _heads(k, self.heads), _heads(v, self.heads)
+        if self.keys is None:
+            self.keys = k.new_empty(k.shape[:2] + (positions, k.shape[3]))
+            self.values = v.new_empty(self.keys.shape)
+        self.keys[:, :, start:start + k.shape[2]] = k
+        self.values[:, :, start:start + v.shape[2]] = v
+
+    def chunks(self):
+        yield self.keys, self.values
+
+
+class HostKeysValues:
+    """K and V of the whole map in (pinned) host memory, positions outermost as (positions, B, 2, C), read
+    back in chunks of `chunk` positions (the next one copied while the device works on the current one)."""
+
+    whole = False
+
+    def __init__(self, heads, chunk, device):
+        self.heads, self.chunk, self.device = heads, chunk, device
+        self.rows, self.positions = None, 0
+
+    def write(self, start, k, v, positions):
+        pair = torch.stack((k, v), dim=2).transpose(0, 1).contiguous()      # (n, B, 2, C)
+        if self.rows is None:
+            self.rows = PinnedRows((positions,) + tuple(pair.shape[1:]), pair.dtype, self.device)
+            self.positions = positions
+        self.rows.write_rows(start, start + pair.shape[0], pair)
+
+    def chunks(self):
+        regions = [(i, min(self.positions, i + self.chunk)) for i in range(0, self.positions, self.chunk)]
+        for pair in self.rows.read_blocks(regions):
+            pair = pair.transpose(0, 1)                                      # (B, n, 2, C), a view
+            yield _heads(pair[:, :, 0], self.heads), _heads(pair[:, :, 1], self.heads)
+
+
+def keys_and_values(parts, bands, stats, shape, store):
+    """K and V of the whole map into `store` (DeviceKeysValues or HostKeysValues), from its bands in order."""
+    start, positions = 0, shape[2] * shape[3]
     for band in bands:
         normed = groupnorm_stats.normalise(parts.norm, band, stats)
-        k, v = _heads(parts.project("k", normed), parts.heads), _heads(parts.project("v", normed), parts.heads)
-        if keys is None:
-            positions = shape[2] * shape[3]
-            keys = k.new_empty(k.shape[:2] + (positions, k.shape[3]))
-            values = v.new_empty(keys.shape)
-        keys[:, :, start:start + k.shape[2]] = k
-        values[:, :, start:start + v.shape[2]] = v
-        start += k.shape[2]
-    return keys, values
+        k, v = parts.project("k", normed), parts.project("v", normed)
+        store.write(start, k, v, positions)
+        start += k.shape[1]
+    return store
 
 
-def answer(parts, band, stats, keys, values, work_bytes):
+def answer(parts, band, stats, keys_values, work_bytes):
     """The block's output for one band of its input."""
     normed = groupnorm_stats.normalise(parts.norm, band, stats)
     q = _heads(parts.project("q", normed), parts.heads)
-    attended = attend(q, keys, values, work_bytes)
+    if keys_values.whole:
+        keys, values = next(keys_values.chunks())
+        attended = attend(q, keys, values, work_bytes)
+    else:
+        attended = attend_streamed(q, keys_values.chunks(), work_bytes)
     b, heads, length, size = attended.shape
     y = parts.out(attended.transpose(1, 2).reshape(b, length, heads * size), band)
     if parts.residual:
@@ -146,3 +196,35 @@ def _product(a, b):
 def _chunk(q, kt, v):
     weights = torch.softmax(_product(q, kt), dim=1).to(v.dtype)   # in the values' format, as fused kernels do
     return torch.mm(weights, v)
+
+
+def attend_streamed(q, chunks, work_bytes):
+    """attend() with keys and values coming in chunks of positions, each (k, v) (B, heads, n, d) read once:
+    an online softmax over the chunks, with the scores, their running largest and sums and the output
+    accumulated in fp32 (each chunk's probabilities in the values' format, as attend() has them)."""
+    b, heads, length, size = q.shape
+    q = q * size ** -0.5
+    acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    top = torch.full((b, heads, length), -math.inf, dtype=torch.float32, device=q.device)
+    total = torch.zeros((b, heads, length), dtype=torch.float32, device=q.device)
+    for k, v in chunks:
+        rows = max(64, min(SDPA_CHUNK, work_bytes // (SCORE_BYTES * k.shape[2])))
+        for i in range(b):
+            for h in range(heads):
+                kt, values = k[i, h].transpose(0, 1), v[i, h]
+                for r in range(0, length, rows):
+                    _online_step(q[i, h, r:r + rows], kt, values, acc[i, h, r:r + rows], top[i, h, r:r + rows],
+                                 total[i, h, r:r + rows])
+    return (acc / total[..., None]).to(q.dtype)
+
+
+def _online_step(q, kt, v, acc, top, total):
+    """One chunk of keys for a chunk of queries: `acc`, `top` and `total` (the running output, largest
+    score and sum of exponentials) updated in place."""
+    scores = _product(q, kt)
+    new_top = torch.maximum(top, scores.amax(dim=1))
+    scores.sub_(new_top[:, None]).exp_()
+    kept = (top - new_top).exp_()          # what the earlier chunks' sums are worth against the new largest
+    total.mul_(kept).add_(scores.sum(dim=1))
+    acc.mul_(kept[:, None]).add_(_product(scores.to(v.dtype), v))
+    top.copy_(new_top)

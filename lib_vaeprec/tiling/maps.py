@@ -4,13 +4,14 @@ A pass goes down a map in full-width bands of rows (`spans`). A map lives where 
 - on the device: a plain tensor;
 - in host memory (HostMap): pinned, rows outermost, so a band of rows is one contiguous block; the next
   band is fetched on a side stream while the device computes, and results go back on another, so copies
-  in both directions run beside the compute;
+  in both directions run beside the compute (PinnedRows, also used for the attention's keys and values);
 - nowhere (Lazy): a cheap stage's output (an upsampler's, the encoder's first conv) is recomputed from
   its source for every band that reads it.
 Writers (DeviceSink, HostMap, or the input itself with `Lagged`) take each band's core as it is computed,
 and add it to the statistics the next GroupNorm needs, so no pass is spent on statistics.
 """
 import math
+import threading
 
 import torch
 
@@ -63,37 +64,19 @@ class _Streams:
         return cls._by_device[key]
 
 
-class HostMap:
-    """A map kept in (pinned) host memory, rows outermost in the map's own layout: (H, N, C, W) for
-    contiguous maps, (H, N, W, C) for channels_last ones, so a band of rows moves in one copy and a
-    channels_last band needs no transposing on the device either."""
+class PinnedRows:
+    """Rows in (pinned) host memory, the first dimension outermost, so a block of rows moves in one copy:
+    the next block is fetched on a side stream while the device computes, and blocks written go back on
+    another, so copies in both directions run beside the compute. The rows come from `HOST_BLOCKS`."""
 
-    def __init__(self, shape, dtype, device, channels_last):
-        n, c, h, w = shape
-        self.shape, self.dtype, self.device, self.channels_last = tuple(shape), dtype, device, channels_last
-        inner = (n, w, c) if channels_last else (n, c, w)
-        self.rows = torch.empty((h, *inner), dtype=dtype, pin_memory=device.type == "cuda")
+    def __init__(self, shape, dtype, device):
+        self.device = device
+        self.rows = HOST_BLOCKS.take(tuple(shape), dtype, pinned=device.type == "cuda")
         self._streams = _Streams.of(device)
-        self._writing = None             # event of the last write-back, awaited before the map is read
+        self._writing = None             # event of the last write-back, awaited before the rows are read
 
-    @property
-    def map(self):
-        """As a writer (written over its own input, see Lagged): the map written is itself."""
-        return self
-
-    def _from_rows(self, rows):
-        return rows.permute(1, 3, 0, 2) if self.channels_last else rows.permute(1, 2, 0, 3)
-
-    def _to_rows(self, band):
-        rows = band.permute(2, 0, 3, 1) if self.channels_last else band.permute(2, 0, 1, 3)
-        return rows.contiguous()
-
-    def as_tensor(self):
-        """The whole map as an (N, C, H, W) view of host memory."""
-        return self._from_rows(self.rows)
-
-    def read_bands(self, regions):
-        """Each region's rows on the device; the next region is already being copied meanwhile."""
+    def read_blocks(self, regions):
+        """Each region's rows (r0, r1) on the device, in order; the next is already being copied meanwhile."""
         self._await_writes()
         ahead = None
         for i, (r0, r1) in enumerate(regions):
@@ -102,11 +85,18 @@ class HostMap:
             yield self._arrived(current)
 
     def _fetch(self, r0, r1):
+        source = self.rows[r0:r1]
         if self._streams is None:
-            return self.rows[r0:r1].to(self.device), None
+            return source.to(self.device), None
+        # Allocated from the compute stream's pool, as everything else the call allocates: blocks the
+        # allocator caches for a side stream serve only that stream, yet count as free memory.
+        compute = torch.cuda.current_stream(self.device)
+        rows = torch.empty(source.shape, dtype=source.dtype, device=self.device)
         fetcher = self._streams[0]
+        fetcher.wait_stream(compute)       # the block's last user may still be queued there; the band in
+                                           # use now is not yet, so the copy still runs beside it
         with torch.cuda.stream(fetcher):
-            rows = self.rows[r0:r1].to(self.device, non_blocking=True)
+            rows.copy_(source, non_blocking=True)
             done = torch.cuda.Event()
             done.record(fetcher)
         return rows, done
@@ -114,14 +104,11 @@ class HostMap:
     def _arrived(self, entry):
         rows, done = entry
         if done is not None:
-            compute = torch.cuda.current_stream(self.device)
-            compute.wait_event(done)
-            rows.record_stream(compute)            # freed only after the work that reads it
-        return self._from_rows(rows)
+            torch.cuda.current_stream(self.device).wait_event(done)
+        return rows
 
-    def write(self, r0, r1, band):
-        """Rows [r0, r1) from a device band; on CUDA the copy runs on the write-back stream."""
-        rows = self._to_rows(band)
+    def write_rows(self, r0, r1, rows):
+        """Rows [r0, r1) from a contiguous device tensor; on CUDA the copy runs on the write-back stream."""
         if self._streams is None:
             self.rows[r0:r1].copy_(rows)
             return
@@ -144,6 +131,102 @@ class HostMap:
         if self._writing is not None:
             self._writing.synchronize()
             self._writing = None
+
+    def __del__(self):
+        rows = getattr(self, "rows", None)
+        if rows is not None and HOST_BLOCKS is not None:     # None while the interpreter shuts down
+            HOST_BLOCKS.give_back(rows, self._streams)
+
+
+class HostMap(PinnedRows):
+    """A map kept in (pinned) host memory, rows outermost in the map's own layout: (H, N, C, W) for
+    contiguous maps, (H, N, W, C) for channels_last ones, so a band of rows moves in one copy and a
+    channels_last band needs no transposing on the device either."""
+
+    def __init__(self, shape, dtype, device, channels_last):
+        n, c, h, w = shape
+        self.shape, self.dtype, self.channels_last = tuple(shape), dtype, channels_last
+        inner = (n, w, c) if channels_last else (n, c, w)
+        super().__init__((h, *inner), dtype, device)
+
+    @property
+    def map(self):
+        """As a writer (written over its own input, see Lagged): the map written is itself."""
+        return self
+
+    def _from_rows(self, rows):
+        return rows.permute(1, 3, 0, 2) if self.channels_last else rows.permute(1, 2, 0, 3)
+
+    def _to_rows(self, band):
+        rows = band.permute(2, 0, 3, 1) if self.channels_last else band.permute(2, 0, 1, 3)
+        return rows.contiguous()
+
+    def as_tensor(self):
+        """The whole map as an (N, C, H, W) view of host memory."""
+        return self._from_rows(self.rows)
+
+    def read_bands(self, regions):
+        """Each region's rows on the device as (N, C, rows, W)."""
+        for rows in self.read_blocks(regions):
+            yield self._from_rows(rows)
+
+    def write(self, r0, r1, band):
+        """Rows [r0, r1) from a device band."""
+        self.write_rows(r0, r1, self._to_rows(band))
+
+
+class HostBlocks:
+    """Host memory for PinnedRows, kept for the next map and the next call.
+
+    Pinning gigabytes (cudaHostAlloc) is a large share of a first tiled call, so a block a map no longer
+    needs serves the next map of the call and the maps of later calls; `release()` hands them all back
+    (with the allocator's cache, when asked to free memory). A block is reused only once the copies that
+    used it are done (an event recorded on their streams when it was given back)."""
+
+    def __init__(self):
+        self._idle = []                  # [(block, [events])], uint8 tensors
+        self._lock = threading.Lock()
+
+    def take(self, shape, dtype, pinned):
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        block = None
+        if pinned:
+            with self._lock:
+                fitting = [e for e in self._idle if nbytes <= e[0].numel() <= REUSE_SLACK * nbytes + (1 << 20)]
+                if fitting:
+                    entry = min(fitting, key=lambda e: e[0].numel())
+                    self._idle.remove(entry)
+                    block = entry[0]
+                    for event in entry[1]:
+                        event.synchronize()     # normally long done: the copies were awaited by the compute
+        if block is None:
+            block = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+        return block[:nbytes].view(dtype).view(shape)
+
+    def give_back(self, rows, streams):
+        block = rows.untyped_storage()
+        if not rows.is_pinned() or streams is None:
+            return                         # pageable memory: freed with the tensor
+        events = []
+        for stream in streams:
+            event = torch.cuda.Event()
+            event.record(stream)
+            events.append(event)
+        whole = torch.empty(0, dtype=torch.uint8).set_(block)
+        with self._lock:
+            self._idle.append((whole, events))
+
+    def idle_bytes(self):
+        with self._lock:
+            return sum(e[0].numel() for e in self._idle)
+
+    def release(self):
+        with self._lock:
+            self._idle.clear()
+
+
+REUSE_SLACK = 1.5      # a kept block serves a map this many times smaller at most
+HOST_BLOCKS = HostBlocks()
 
 
 class DeviceSink:

@@ -9,8 +9,15 @@ are placed stage by stage, cheapest first:
   never held, recomputed from the source for every band that reads it (`on the fly`);
 - in pinned host memory, copied in and out band by band beside the compute (`host memory`), where host
   memory is a separate pool (beside a GPU).
+The mid block attention's keys and values stay whole on the device where there is room, else they wait in
+host memory and are read back in chunks (`keys and values in host memory`, attention.py).
 A map that fits nowhere, or host maps that would not fit the host's available RAM, make the plan fail
 with one line naming the figures (PlanError): the caller then takes the next rung of its ladder.
+
+The least-memory plan (`lean`) does not read free memory at all: it is what the ladder falls back on
+after an out-of-memory error, when the reading is known to be wrong. Its bands are a fixed size
+(LEAST_WORK_BYTES) and every map goes where it takes the least device memory; where maps can wait in
+host memory, what it needs on the device does not grow with the image's area.
 """
 import math
 from dataclasses import dataclass, field
@@ -19,15 +26,20 @@ import torch
 
 from .. import memory
 from .layout import out_channels, out_size
+from . import maps
 from .maps import map_bytes
 
 SCALE = 8                 # pixels per latent pixel in the SD-family VAEs
 FULL_RES_CHANNELS = 128   # channels of the SD VAE at image resolution: a tile's area is counted at this width
 MIN_TILE = 8              # latent pixels (64 image pixels, the smallest tile option)
 MAPS_SHARE = 0.5          # of free device memory, for the whole maps held at once
-LEAN_MAPS_SHARE = 0.8     # the same with the least memory, whose bands are small (the attention's keys and
-                          # values must fit whole: 2 GiB for an 8192² image)
 WORK_SHARE = 0.25         # of free device memory, for one band's work (its activations and halos)
+LEAST_WORK_BYTES = 256 << 20   # one band's work in the least-memory plan, whatever the reading says
+KV_CHUNK_SHARE = 0.25     # of a band's work, for one chunk of keys and values read from host memory (two
+                          # are on the device at once: the one in use and the next, being copied)
+# Device memory a first call in the process takes outside the plan's tensors: CUDA loads the kernels of
+# each library on their first use, and cuDNN and cuBLAS make their handles and workspaces.
+FIRST_CALL_RESERVE = 384 << 20
 WORK_BANDS = 8            # band-sized tensors alive at once while a resnet band is computed
 HOST_SHARE = 0.8          # of available host RAM, for maps kept in pinned host memory
 MIN_BAND_ROWS = 16        # below this a band's 1-2 halo rows on each side cost too much recomputing
@@ -47,6 +59,8 @@ class StagePlan:
     keep_h: bool = False        # resnets: conv1's output held on the device for norm2's statistics
     dtype: torch.dtype = None   # what the stage computes in (its weights'): bands are cast to it
     channels_last: bool = False  # bands go channels_last (the decoder body, as fast_groupnorm runs it)
+    kv_chunk: int = 0           # attention: positions per chunk of keys and values read back from host
+                                # memory (0: both whole on the device)
 
 
 @dataclass
@@ -61,6 +75,12 @@ class Plan:
     device: torch.device = None
     samples: int = 1
     layout: object = None        # the coder's layout.Layout the stages come from
+    reserve: int = 0             # device memory set aside for what a first call takes outside the plan
+
+    @property
+    def device_need(self):
+        """What the plan asks of the device at most: its maps and one band's work."""
+        return self.device_bytes + self.work_bytes
 
     @property
     def tile_px(self):
@@ -72,6 +92,8 @@ class Plan:
         found = {s.where for s in self.stages} - {"device"}
         if any(s.kind == "resnet" and not s.keep_h for s in self.stages):
             found.add("conv1 recomputed")
+        if any(s.kv_chunk for s in self.stages):
+            found.add("keys and values in host memory")
         return sorted(found)
 
 
@@ -97,34 +119,61 @@ class _Option:
     device_bytes: int            # device memory while the stage runs
     keep_h: bool = False
     fits_too: bool = True        # a further condition of this option (an upsampler's look-ahead)
+    kv_chunk: int = 0            # attention: keys and values in host memory, read in chunks of this many
+    host_bytes: int = 0          # host memory the stage holds while it runs besides the maps (keys, values)
 
 
 def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=False, host_maps=None,
-              ceiling=None):
+              ceiling=None, reserve=0):
     """The plan for running `layout` (of a decoder or encoder, `kind`) on input `x`.
 
-    `tile_px`: the band size as a square tile's side in pixels (0: from free memory). `lean`: hold as
-    little on the device as possible (the last rung before the CPU). `host_maps`: whether maps may go to
-    host memory (default: where that is a pool of its own, beside a GPU). `ceiling`: plan as if at most
-    this much were free (the untiled call's estimate: a tiled call never takes more than that)."""
+    `tile_px`: the band size as a square tile's side in pixels (0: from free memory). `lean`: the
+    least-memory plan, which reads no free memory (see above; the last rung before the CPU). `host_maps`:
+    whether maps may go to host memory (default: where that is a pool of its own, beside a GPU).
+    `ceiling`: plan as if at most this much were free (the untiled call's estimate: a tiled call never
+    takes more than that). `reserve`: device memory to leave aside (FIRST_CALL_RESERVE on a first call)."""
     device = x.device
-    free = memory.free_bytes(device) if free_bytes is None else free_bytes
-    free = min(free, ceiling) if ceiling else free
-    host_free = memory.host_available_bytes() if host_free is None else host_free
     itemsize = x.element_size()
     samples = x.shape[0]
     smallest = (MIN_TILE * SCALE) ** 2 * FULL_RES_CHANNELS * samples
+    if lean:
+        free = math.inf
+    else:
+        free = memory.free_bytes(device) if free_bytes is None else free_bytes
+        free = min(free, ceiling) if ceiling else free
+        free = max(0, free - reserve)
+    host_free = memory.host_available_bytes() if host_free is None else host_free
+    host_free += maps.HOST_BLOCKS.idle_bytes()          # kept pinned blocks serve this call's maps
     if tile_px:
         band_elems = tile_px ** 2 * FULL_RES_CHANNELS * samples
+        if lean:   # the size asked for ran out of memory: half the band, never below the smallest one
+            band_elems = max(band_elems // 2, min(band_elems, smallest))
+    elif lean:
+        band_elems = max(smallest, LEAST_WORK_BYTES // (WORK_BANDS * itemsize))
     else:
         band_elems = max(smallest, int(WORK_SHARE * free / (WORK_BANDS * itemsize)))
     band_elems = _whole_maps_if_one_tile(band_elems, layout, x.shape)
-    if lean:      # half the band: less work memory, still few enough pieces to keep the device busy
-        band_elems = max(band_elems // 2, min(band_elems, smallest))
-    plan = Plan(band_elems=band_elems, work_bytes=WORK_BANDS * band_elems * itemsize, device=device,
-                samples=samples, layout=layout)
-    budget = max(MAPS_SHARE * free, (LEAN_MAPS_SHARE * free - plan.work_bytes) if lean else 0)
+    plan = Plan(band_elems=band_elems, work_bytes=WORK_BANDS * _widest_band(band_elems, layout, x.shape) * itemsize,
+                device=device, samples=samples, layout=layout, reserve=reserve)
+    budget = math.inf if lean else MAPS_SHARE * free
     host_allowed = device.type == "cuda" if host_maps is None else host_maps
+    # Keys and values streamed from host memory read them once per band: only where they cannot stay whole
+    # on the device (with every other map placed around them), or with the least memory.
+    try:
+        _place(plan, layout, kind, x, budget, lean, host_allowed, stream_kv=lean and host_allowed)
+    except PlanError:
+        if lean or not host_allowed:
+            raise
+        _place(plan, layout, kind, x, budget, lean, host_allowed, stream_kv=True)
+    if plan.host_bytes > HOST_SHARE * host_free:
+        need, have = _sizes(plan.host_bytes, HOST_SHARE * host_free)
+        raise PlanError(f"its maps need {need} of host memory and {have} is there for them")
+    return plan
+
+
+def _place(plan, layout, kind, x, budget, lean, host_allowed, stream_kv):
+    """Where each stage's output goes, stage by stage (plan.stages, device_bytes, host_bytes), or PlanError."""
+    plan.stages = []
     device_peak = host_peak = 0
     held = _Held(tuple(x.shape), x.dtype, 0)          # the input belongs to the caller
     dtype = x.dtype
@@ -135,27 +184,33 @@ def make_plan(layout, kind, x, free_bytes=None, host_free=None, tile_px=0, lean=
         step.shape = _out_shape(step, held.shape)
         following = steps[i + 1] if i + 1 < len(steps) else None
         out_b = map_bytes(step.shape, dtype)
-        options = _options(step, held, out_b, following, host_allowed, budget)
-        next_need = {id(o): _next_need(o, step, held, out_b, following, host_allowed, budget) for o in options}
-        # The output is the caller's: on the device wherever it fits, even when holding the least.
-        chosen = _choose(options, budget, lean and step.kind != "out", lambda o: next_need[id(o)] <= budget)
+        limits = (host_allowed, budget, plan.work_bytes, stream_kv)
+        options = _options(step, held, out_b, following, *limits)
+        next_need = {id(o): _next_need(o, step, held, out_b, following, *limits) for o in options}
+        # The output is the caller's: on the device wherever it fits (the least-memory plan knows no fit).
+        chosen = _choose(options, budget, lean, lambda o: next_need[id(o)] <= budget)
         if chosen is None:
             least = min(options, key=lambda o: max(o.device_bytes, next_need[id(o)]))
             short = step if least.device_bytes >= next_need[id(least)] else following
             need, have = _sizes(max(least.device_bytes, next_need[id(least)]), budget)
-            pool = "memory" if device.type == "cpu" else "device memory"      # on the CPU: host RAM
+            pool = "memory" if x.device.type == "cpu" else "device memory"      # on the CPU: host RAM
             raise PlanError(f"its {short.kind} stage needs {need} of {pool} for maps and {have} is there for them")
-        step.where, step.keep_h = chosen.where, chosen.keep_h
+        step.where, step.keep_h, step.kv_chunk = chosen.where, chosen.keep_h, chosen.kv_chunk
         after, added_host = _after(step, held, out_b)
         device_peak = max(device_peak, chosen.device_bytes)
-        host_peak = max(host_peak, held.host_bytes + added_host)
+        host_peak = max(host_peak, held.host_bytes + added_host + chosen.host_bytes)
         held = after
         plan.stages.append(step)
     plan.device_bytes, plan.host_bytes = int(device_peak), int(host_peak)
-    if plan.host_bytes > HOST_SHARE * host_free:
-        need, have = _sizes(plan.host_bytes, HOST_SHARE * host_free)
-        raise PlanError(f"its maps need {need} of host memory and {have} is there for them")
-    return plan
+
+
+def _widest_band(band_elems, layout, shape):
+    """Elements of the largest band a pass makes: a band has MIN_BAND_ROWS rows at least, and up to 2 halo
+    rows on each side, so at a large width it holds more than `band_elems` (runner.band_rows)."""
+    shapes = [tuple(shape)]
+    for kind, module in layout.stages + [("conv", layout.conv_out)]:
+        shapes.append(_shape_after(kind, module, shapes[-1]))
+    return max(band_elems, max((MIN_BAND_ROWS + 4) * n * c * w for n, c, _h, w in shapes))
 
 
 def _whole_maps_if_one_tile(band_elems, layout, shape):
@@ -181,7 +236,7 @@ def _shape_after(kind, module, shape):
     return (n, out_channels(kind, module) or c) + out_size(kind, h, w)
 
 
-def _options(step, held, out_b, following, host_allowed, budget):
+def _options(step, held, out_b, following, host_allowed, budget, work_bytes, stream_kv):
     """Where a stage's output can go, cheapest first, each with the device memory it takes meanwhile."""
     in_dev = held.device_bytes
     in_place = held.stored and tuple(held.shape) == step.shape and held.dtype == step.dtype
@@ -199,12 +254,17 @@ def _options(step, held, out_b, following, host_allowed, budget):
                 options += [_Option(where, in_dev + extra + h_b, keep_h=True), _Option(where, in_dev + extra)]
         return options
     if kind == "attention":
-        kv = 2 * out_b          # keys and values of the whole map, on the device
-        options.append(_Option("device", in_dev + out_b + kv))
-        if in_place:
-            options.append(_Option("in place", in_dev + kv))
-        if host_allowed:
-            options.append(_Option("host", in_dev + kv))
+        # Keys and values whole on the device (2 maps), or in host memory with two chunks of them on the
+        # device (the one in use and the next, being copied).
+        placements = [(2 * out_b, 0, 0)]
+        if stream_kv:
+            chunk = kv_chunk_positions(step.shape, step.dtype, work_bytes)
+            placements.append((2 * kv_chunk_bytes(step.shape, step.dtype, chunk), chunk, 2 * out_b))
+        for kv, chunk, kv_host in placements:
+            for where, extra, allowed in (("device", out_b, True), ("in place", 0, in_place),
+                                          ("host", 0, host_allowed)):
+                if allowed:
+                    options.append(_Option(where, in_dev + extra + kv, kv_chunk=chunk, host_bytes=kv_host))
         return options
     if kind == "mid":           # a mid block of unknown structure: run whole on the device
         fetched = 0 if held.stored and in_dev else map_bytes(held.shape, held.dtype)
@@ -233,7 +293,7 @@ def _choose(options, budget, lean, leaves_room):
     return min(fitting, key=lambda o: o.device_bytes) if lean else fitting[0]
 
 
-def _next_need(option, step, held, out_b, following, host_allowed, budget):
+def _next_need(option, step, held, out_b, following, host_allowed, budget, work_bytes, stream_kv):
     """The least device memory the next stage can run in after `option` (a resnet that keeps its output on
     the device can leave an attention no room for its keys and values)."""
     if following is None:
@@ -241,8 +301,22 @@ def _next_need(option, step, held, out_b, following, host_allowed, budget):
     after, _ = _after(StagePlan(step.kind, step.module, step.shape, option.where, dtype=step.dtype), held, out_b)
     probe = StagePlan(following.kind, following.module, dtype=_dtype_of(following.module, after.dtype))
     probe.shape = _out_shape(probe, after.shape)
-    options = _options(probe, after, map_bytes(probe.shape, probe.dtype), None, host_allowed, budget)
+    options = _options(probe, after, map_bytes(probe.shape, probe.dtype), None, host_allowed, budget, work_bytes,
+                       stream_kv)
     return min(o.device_bytes for o in options)
+
+
+def kv_chunk_positions(shape, dtype, work_bytes):
+    """Positions per chunk of keys and values read back from host memory: KV_CHUNK_SHARE of a band's
+    work, at least one row of the map."""
+    n, c, h, w = shape
+    per_position = 2 * n * c * torch.empty((), dtype=dtype).element_size()
+    return min(h * w, max(w, int(KV_CHUNK_SHARE * work_bytes) // per_position))
+
+
+def kv_chunk_bytes(shape, dtype, positions):
+    n, c, _h, _w = shape
+    return 2 * n * c * positions * torch.empty((), dtype=dtype).element_size()
 
 
 def _after(step, held, out_b):

@@ -162,11 +162,13 @@ class StageRunner:
         rows = self.band_rows(c, width, n)
         regions = [(r0, r1) for _, _, r0, r1 in spans(height, rows, 0)]
         bands = (self._input(band, step) for band in read_bands(x, regions))
-        keys, values = attention.keys_and_values(parts, bands, x_stats, x.shape)
+        store = (attention.HostKeysValues(parts.heads, step.kv_chunk, self.plan.device) if step.kv_chunk
+                 else attention.DeviceKeysValues(parts.heads))
+        keys_values = attention.keys_and_values(parts, bands, x_stats, x.shape, store)
         sink = self._sink(step, x)
         work = self.plan.work_bytes
-        self.run_pass(x, lambda band, r0, r1: attention.answer(parts, self._input(band, step), x_stats, keys,
-                                                               values, work),
+        self.run_pass(x, lambda band, r0, r1: attention.answer(parts, self._input(band, step), x_stats,
+                                                               keys_values, work),
                       c, halo=0, sink=sink, stats=out_stats)
         return sink.map
 

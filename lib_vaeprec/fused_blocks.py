@@ -30,9 +30,11 @@ ATTENTION_CLASSES = ("Attention", "AttnBlock")
 # about 96 times its mid-block map, so the chunks stay under it), and never more than MAX_WORK_BYTES.
 WORK_PER_MAP_BYTES = 32
 MAX_WORK_BYTES = 1 << 30
-# The decoder's maps go channels_last at its first block (fast_groupnorm.to_channels_last says why); the
-# encoder's stay as they come: its padded stride-2 downsamplers hand back contiguous maps.
-ENCODER_CHANNELS_LAST = False
+SCORE_BYTES = 6              # per query-key pair in a chunk: fp32 scores and 16-bit probabilities
+# The maps go channels_last at the coder's first block (fast_groupnorm.to_channels_last says why). In the
+# encoder too: with these blocks a 1024² encode took 17.6 ms so against 22.4 ms in the layout it came in,
+# at 1030 against 1542 MiB peak (H200, docs/benchmarks.md).
+ENCODER_CHANNELS_LAST = True
 
 
 class FusedBlocks:
@@ -111,12 +113,28 @@ class FusedBlocks:
         weight, bias = self._folded_vo(parts)
         vo = F.linear(tokens, weight)
         work = min(MAX_WORK_BYTES, WORK_PER_MAP_BYTES * x.numel() * x.element_size())
-        attended = banded_attention.attend(q.unsqueeze(1), k.unsqueeze(1), vo.unsqueeze(1), work).squeeze(1)
+        attended = self._attend_in_chunks(q, k, vo, work)
         out = attended.transpose(1, 2).reshape(b, c, height, width)     # channels_last (B, C, H, W) view
         residual = x if parts.residual else torch.zeros_like(x)
         if not groupnorm_kernels.same_layout(out, residual):
             out = out.contiguous(memory_format=_format_of(residual))
         return self.kernels.residual(out, residual, bias, None, parts.rescale, out=out)
+
+    def _attend_in_chunks(self, q, k, v, work):
+        """softmax(q kᵀ / sqrt(d)) v for (B, L, d) maps: the scores of a chunk of queries as one fp32 product
+        (tiling.attention's), turned into 16-bit probabilities by one kernel, then one product with v. Where
+        that product is not available, tiling.attention.attend's fused-kernel chunks."""
+        if not banded_attention._fp32_scores_available(q):
+            return banded_attention.attend(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), work).squeeze(1)
+        chunk = max(64, min(banded_attention.SDPA_CHUNK, work // (SCORE_BYTES * k.shape[1])))
+        q = q * q.shape[-1] ** -0.5
+        out = v.new_empty(q.shape[:2] + v.shape[2:])
+        for b in range(q.shape[0]):
+            kt = k[b].transpose(0, 1)
+            for i in range(0, q.shape[1], chunk):
+                probs = self.kernels.softmax(banded_attention._product(q[b, i:i + chunk], kt), v.dtype)
+                torch.mm(probs, v[b], out=out[b, i:i + chunk])
+        return out
 
     def _folded_vo(self, parts):
         """(Wv Wo, bv Wo + bo) in the weights' dtype, made in float32 once per weights."""

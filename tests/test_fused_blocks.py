@@ -171,3 +171,36 @@ def test_without_triton_nothing_is_installed_by_the_engine(monkeypatch):
     finally:
         engine.detach()
     assert fused_blocks.RESNET_CLASSES
+
+
+@pytest.mark.parametrize("fp32_scores", [False, True])
+def test_the_fused_attention_equals_the_blocks_own(everywhere, monkeypatch, fp32_scores):
+    from lib_vaeprec.tiling import attention
+    monkeypatch.setattr(attention, "_fp32_scores_available", lambda q: fp32_scores)
+    monkeypatch.setattr(fused_blocks, "SCORE_BYTES", 6 * 1000)      # several chunks of queries
+    vae = make_vae(**SMALL).to(torch.bfloat16)
+    attn = vae.decoder.mid_block.attentions[0]
+    x = torch.randn(2, 64, 12, 12).bfloat16()        # 144 queries: chunks of 64
+    with torch.no_grad():
+        own = attn(x)
+        blocks = FusedBlocks(kernels=everywhere)
+        blocks.install(vae)
+        fused = attn(x)
+        blocks.remove()
+    assert blocks.ran and (fused.float() - own.float()).abs().max() < 0.05
+
+
+@interpreted
+def test_the_softmax_and_bias_kernels():
+    torch.manual_seed(0)
+    scores = torch.randn(5, 300) * 4
+    scores[1, 7] = 80.0
+    probs = groupnorm_kernels.softmax(scores, torch.bfloat16)
+    assert probs.dtype == torch.bfloat16
+    assert (probs.float() - torch.softmax(scores, -1)).abs().max() < 4e-3
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(2, 16, 5, 3).bfloat16().contiguous(memory_format=fmt)
+        bias = torch.randn(16).bfloat16()
+        expected = x.float() + bias.float().view(1, -1, 1, 1)
+        groupnorm_kernels.add_bias(x, bias)
+        assert (x.float() - expected).abs().max() <= expected.abs().max() * 2 ** -7

@@ -223,3 +223,13 @@ def test_strict_parsing_for_callers_that_refuse_bad_input():
     for value in ("inf", "1e999", 10 ** 400, "12x", 32):
         with pytest.raises(BadValue, match="expected auto"):
             parse_strict("tile_size", value)
+
+
+def test_the_kernels_field_says_where_the_triton_kernels_ran():
+    gen = GenerationStats()
+    gen.add(CallStats(kind="decode", dtype="mixed", kernels="triton"))
+    assert format_params(VaeOptions(), gen)["VAE kernels"] == "triton"
+    plain = GenerationStats()
+    plain.add(CallStats(kind="decode", dtype="bf16"))
+    assert "VAE kernels" not in format_params(VaeOptions(), plain)
+    assert parse_params(format_params(VaeOptions(), gen)) == parse_params(format_params(VaeOptions(), plain))

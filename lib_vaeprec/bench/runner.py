@@ -244,6 +244,7 @@ def _row(size, batch, op, prepared, timing, ref, untiled, device, input_shape, a
         psnr=_round(psnr(result, ref), 2), max_abs=_round(measure.max_abs_error(result, ref), 4),
         nonfinite=measure.nonfinite_count(result), tiles=tiles, tile_px=tile_px,
         dtype_used=stats.dtype if stats else variant.dtype,
+        kernels=(stats.kernels or None) if stats else None,       # "triton": the fused blocks ran
         fallbacks=[str(f) for f in stats.fallbacks] if stats else [],
     )
     if device.type == "cuda":

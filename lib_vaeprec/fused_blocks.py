@@ -98,8 +98,9 @@ class FusedBlocks:
     def _attention_forward(self, module, eager, channels_last):
         def forward(x, *args, **kwargs):
             parts = banded_attention.parts_of(module)
+            layers = _attention_layers(parts) if parts is not None and parts.heads == 1 else None
             extra = args or any(v is not None for v in kwargs.values())
-            if extra or parts is None or parts.heads != 1 or not self._ready(module, x, _attention_layers(parts)):
+            if extra or layers is None or not self._ready(module, x, layers):
                 return eager(x, *args, **kwargs)
             self.ran = True
             return self._attend(parts, to_channels_last(x) if channels_last else x)
@@ -213,14 +214,14 @@ def _resnet_parts(block):
 
 
 def _attention_layers(parts):
+    """The norm and the four projections of a single-head attention, or None for an output we do not know."""
     m = parts.module
     if parts.channels_first:
         return [parts.norm, m.q, m.k, m.v, m.proj_out]
     if len(m.to_out) < 1 or not isinstance(m.to_out[0], torch.nn.Linear):
-        return [None, torch.nn.Identity()]       # an output we do not know: never ready
-    dropout = m.to_out[1] if len(m.to_out) > 1 else None
-    if dropout is not None and not isinstance(dropout, torch.nn.Dropout):
-        return [torch.nn.Identity()]
+        return None
+    if len(m.to_out) > 1 and not isinstance(m.to_out[1], torch.nn.Dropout):
+        return None
     return [parts.norm, m.to_q, m.to_k, m.to_v, m.to_out[0]]
 
 
@@ -249,8 +250,6 @@ def _foreign_pre_hooks(module):
 
 
 def _weights_on(layer, x):
-    if isinstance(layer, torch.nn.Identity):
-        return False
     return all(p.device == x.device and p.dtype == x.dtype for p in layer.parameters(recurse=False))
 
 

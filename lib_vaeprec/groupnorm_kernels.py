@@ -5,18 +5,17 @@ A GroupNorm here is two passes over the map: one read for the statistics (per-ti
 squared deviations in float32, combined across tiles by Chan's formula), then one read and one write
 that normalise, apply the affine and, where the block asks, SiLU. A bias the previous conv would have
 added (its conv then runs without bias) is added on the fly in both passes, in float32, so the conv's
-own bias pass disappears. The residual add of a resnet adds the shortcut and both biases in one pass; `add_bias` adds a conv's
-bias in place (the fused upsampler's); `softmax` turns the attention's float32 scores into 16-bit
-probabilities in one write.
-Where torch and cuDNN ran them (profile in docs/benchmarks.md) the same work took two reductions, a
-batch_norm pass, a SiLU pass, a bias pass per conv and a separate add and divide.
+own bias pass disappears. The residual add of a resnet adds the shortcut and both biases in one pass;
+`add_bias` adds a conv's bias in place (the fused upsampler's); `softmax` turns the attention's float32
+scores into 16-bit probabilities in one write. Where torch and cuDNN ran them (profile in
+docs/benchmarks.md) the same work took two reductions, a batch_norm pass, a SiLU pass, a bias pass per
+conv and a separate add and divide.
 
 Only where Triton imports and the map is on CUDA (`available`): elsewhere (the Windows web UIs as
 shipped, the CPU) the torch path runs unchanged. The kernels are JIT-compiled on first use and kept in
 Triton's on-disk cache, so a later process starts without the wait. `reference` holds the same
-functions in torch: what the kernels compute, for tests and for machines without Triton.
+functions in torch: what the kernels compute, for tests.
 """
-import functools
 import os
 
 import torch
@@ -340,8 +339,3 @@ class reference:          # noqa: N801 - a namespace of the torch equivalents
 
 def _format_of(x):
     return torch.channels_last if _channels_last(x) else torch.contiguous_format
-
-
-@functools.lru_cache(maxsize=None)
-def version():
-    return getattr(triton, "__version__", "") if triton is not None else ""

@@ -204,3 +204,11 @@ def test_the_softmax_and_bias_kernels():
         expected = x.float() + bias.float().view(1, -1, 1, 1)
         groupnorm_kernels.add_bias(x, bias)
         assert (x.float() - expected).abs().max() <= expected.abs().max() * 2 ** -7
+
+
+def test_float32_runs_the_blocks_own_forward(everywhere):
+    vae = make_vae(**SMALL)
+    z = torch.randn(1, 4, 8, 8)
+    blocks = FusedBlocks(kernels=everywhere)
+    fused = _decode(vae, z, blocks)
+    assert not blocks.ran and torch.equal(fused, _decode(vae, z))      # float32: exactly the VAE's own

@@ -233,3 +233,16 @@ def test_the_kernels_field_says_where_the_triton_kernels_ran():
     plain.add(CallStats(kind="decode", dtype="bf16"))
     assert "VAE kernels" not in format_params(VaeOptions(), plain)
     assert parse_params(format_params(VaeOptions(), gen)) == parse_params(format_params(VaeOptions(), plain))
+
+
+def test_a_batch_without_the_kernels_drops_the_previous_batchs_field():
+    from types import SimpleNamespace
+
+    from lib_vaeprec.hosts.session import RenderSession
+    session, p = RenderSession(), SimpleNamespace(extra_generation_params={})
+    session.options = VaeOptions()
+    session.record(CallStats(kind="decode", dtype="mixed", kernels="triton"))
+    assert session.write_infotext(p)["VAE kernels"] == "triton"
+    session.record(CallStats(kind="decode", dtype="bf16"))
+    session.write_infotext(p)
+    assert "VAE kernels" not in p.extra_generation_params

@@ -1,12 +1,14 @@
 """The VAE's resnet and attention blocks with their GroupNorm+SiLU, conv biases and residual add fused
-into Triton kernels (`groupnorm_kernels`), in whatever layout the map has (channels_last in the decoder).
+into Triton kernels (`groupnorm_kernels`), in whatever layout the map has (channels_last from each
+coder's first block on).
 
 A resnet block becomes: GroupNorm1+SiLU (stats pass + one read/write), conv1 without its bias, GroupNorm2+
 SiLU over conv1's output plus its bias (written over that output), conv2 without its bias, the shortcut
 conv without its bias, then one pass adding both biases and the shortcut (written over conv2's output).
 The mid block's attention: its GroupNorm by the kernels, and V and the output projection folded into one
-matrix (softmax rows sum to 1, so P (X Wv + bv) Wo + bo = P X (Wv Wo) + (bv Wo + bo)); the scores as
-fp32 products in chunks (tiling.attention.attend), faster than torch's kernel for the 512-wide head.
+matrix (softmax rows sum to 1, so P (X Wv + bv) Wo + bo = P X (Wv Wo) + (bv Wo + bo)); the scores of a
+chunk of queries as one fp32 product (tiling.attention's), made 16-bit probabilities by one softmax kernel:
+faster than torch's fused kernel for the 512-wide head (docs/benchmarks.md).
 
 Same results up to float rounding, each step in float32 before one rounding to the map's dtype. The fused
 forward runs only when it computes what the block's own forward would: the block of a known class

@@ -12,12 +12,13 @@ import weakref
 
 import torch
 
-from . import coder_switches, dtypes, fast_groupnorm, guard, memory, outputs, policy, tiling
+from . import coder_switches, dtypes, fast_groupnorm, groupnorm_kernels, guard, memory, outputs, policy, tiling
 from .casting import WeightCast
 from .device_caps import caps_of
 from .offload import Offloader
 from .banded_conv import BandedConvs
 from .fast_groupnorm import FastGroupNorms
+from .fused_blocks import FusedBlocks
 from .fused_upsample import FusedUpsamplers
 from .mixed import BlockPrecision
 from .speed import CompiledCoders, to_memory_format
@@ -58,6 +59,7 @@ class VaeEngine:
         self._compiled = CompiledCoders()
         self._fused = FusedUpsamplers()
         self._fast_norms = FastGroupNorms()
+        self._fused_blocks = FusedBlocks()
         self._banded = BandedConvs()
         self._shadowed = {}                 # method name -> what the instance dict held before (or None)
         self.last_call = None               # CallStats of the last call that returned (None after one raised)
@@ -124,6 +126,7 @@ class VaeEngine:
         self._compiled.remove()
         self._fused.remove()
         self._fast_norms.remove()
+        self._fused_blocks.remove()
         self._banded.remove()
         to_memory_format(self.module, channels_last=False)
         self.offloader.return_home(self.module)
@@ -222,11 +225,13 @@ class VaeEngine:
                 stats.dtype = "mixed" if plan else dtypes.name_of(dtype)
                 stats.blocks = self._blocks.label(plan, torch.float16)
                 x_in = self._apply_speed_options(x.to(device, dtype), device, host_arithmetic=precision is None)
+                self._fused_blocks.ran = False
                 # mixed: the first call of each kind runs in the safe dtype and measures the blocks' ranges
                 measuring = precision is not None and precision.mixed and not plan
                 with self._blocks.measuring(kind) if measuring else contextlib.nullcontext():
                     result = self._run_sized(kind, original, x_in, args, kwargs, stats)
                 result = outputs.to_float32(result)
+                stats.kernels = "triton" if self._fused_blocks.ran else ""
                 result = self._check_finite(kind, original, x, args, kwargs, device, precision, result, stats,
                                             bad_input)
                 result = _to_device(result, x.device if device.type == "cpu" else device)
@@ -234,6 +239,7 @@ class VaeEngine:
             self.offloader.after_call(self.module)
             if self.offloader.mode != "keep":
                 self._fused.forget_kernels()     # they would stay on the GPU between calls
+                self._fused_blocks.forget_weights()
             if opts.free_memory:
                 memory.release_cached(device, collect=False)
                 tiling.release_host_memory()
@@ -276,6 +282,10 @@ class VaeEngine:
         _toggle(self._compiled, compiled, self.module)
         _toggle(self._fused, self.options.fused_upsample and leaner, self.module)
         _toggle(self._fast_norms, self.options.fast_groupnorm and leaner, self.module)
+        # The fused blocks come with fast GroupNorm: their kernels are its Triton form (groupnorm_kernels);
+        # not beside low-memory convolutions, whose banded convs they would bypass.
+        _toggle(self._fused_blocks, self.options.fast_groupnorm and leaner and not self.options.low_memory
+                and groupnorm_kernels.triton is not None, self.module)
         _toggle(self._banded, self.options.low_memory and not compiled, self.module)
         return x
 

@@ -1,6 +1,9 @@
 """The VAE's GroupNorms run as groupnorm_stats.group_norm: per-channel reductions, then one
 normalising pass, instead of torch's CUDA kernel that gathers each group with one thread block.
 
+Where Triton runs (groupnorm_kernels.available), every 16-bit GroupNorm runs as its kernels instead (one
+read for the statistics, one read and write to normalise), whatever the map's size.
+
 Same results up to float rounding; on an H100 it roughly halves an eager SD decode at 2048²
 (docs/benchmarks.md), with the decoder's maps kept channels_last from its first GroupNorm on (see
 to_channels_last). CUDA only (where that kernel is slow), eager runs only (torch.compile writes its
@@ -8,7 +11,7 @@ own fused GroupNorm), and only where the host's GroupNorm computes nothing more 
 """
 import torch
 
-from . import forward_override
+from . import forward_override, groupnorm_kernels
 from .groupnorm_stats import group_norm
 from .plain_layers import runs_plain
 from .speed import is_channels_last
@@ -55,10 +58,20 @@ def _forward_of(norm, eager, channels_last):
     def forward(x):
         if x.device.type not in DEVICE_TYPES:
             return eager(x)                        # exactly the host's own GroupNorm elsewhere
+        if kernels_apply(norm, x):
+            return groupnorm_kernels.group_norm(norm, to_channels_last(x) if channels_last else x)
         if applies(norm, x):
             return group_norm(norm, to_channels_last(x) if channels_last else x)
         return _same_layout(eager(x), x)
+    forward.vaeprec_plain = True                   # computes what the GroupNorm does (fused_blocks reads this)
     return forward
+
+
+def kernels_apply(norm, x):
+    """Where Triton runs (groupnorm_kernels): 16-bit maps of any size, in one stats pass and one pass."""
+    return (groupnorm_kernels.available(x) and groupnorm_kernels.supported(x, norm.num_channels, norm.num_groups)
+            and runs_plain(norm, torch.nn.GroupNorm)
+            and (not norm.affine or norm.weight.device == x.device))
 
 
 def to_channels_last(x):

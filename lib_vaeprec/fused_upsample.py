@@ -19,7 +19,7 @@ the weight's dtype once.
 import torch
 import torch.nn.functional as F
 
-from . import forward_override
+from . import forward_override, groupnorm_kernels
 from .casting import version_of
 from .plain_layers import runs_plain
 
@@ -40,7 +40,10 @@ def transposed_kernel(weight):
 
 
 def upsample_conv(x, conv, kernel):
-    """conv(nearest_2x(x)) through the transposed kernel; `conv` supplies the bias."""
+    """conv(nearest_2x(x)) through the transposed kernel; `conv` supplies the bias, added by Triton where
+    it runs (torch adds a cuDNN conv's bias in a separate broadcast pass, slow on channels_last maps)."""
+    if conv.bias is not None and groupnorm_kernels.available(x):
+        return groupnorm_kernels.add_bias(F.conv_transpose2d(x, kernel, None, stride=2, padding=1), conv.bias)
     return F.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)
 
 

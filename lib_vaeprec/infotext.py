@@ -17,6 +17,7 @@ KEY_TILE_SIZE = "VAE tile size"
 KEY_OFFLOAD = "VAE offload"
 KEY_FALLBACK = "VAE fallback"
 KEY_NONFINITE = "VAE non-finite"
+KEY_KERNELS = "VAE kernels"
 # infotext key -> option it restores
 RESTORES = {KEY_DTYPE: "dtype", KEY_TILING: "tiling", KEY_TILE_SIZE: "tile_size", KEY_OFFLOAD: "offload"}
 
@@ -49,6 +50,8 @@ def format_params(options, gen: GenerationStats, images=None):
     if options.tile_size:
         params[KEY_TILE_SIZE] = str(options.tile_size)
     params[KEY_OFFLOAD] = _offload(options, gen)
+    if gen.kernels():
+        params[KEY_KERNELS] = "/".join(gen.kernels())      # "triton": the fused blocks ran
     fallbacks = gen.fallbacks()
     if fallbacks:
         params[KEY_FALLBACK] = "; ".join(str(f) for f in fallbacks)

@@ -150,4 +150,5 @@ def _largest_finite(t):
 def _cast_inputs(dtype):
     def hook(module, args):
         return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    hook.vaeprec_input_cast = True     # only casts the input: fused_blocks may still run the block
     return hook

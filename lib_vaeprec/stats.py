@@ -14,6 +14,7 @@ class CallStats:
     kind: str                          # "decode" or "encode"
     dtype: str = ""                    # dtype the call ran in ("bf16", "mixed", ...)
     blocks: str = ""                   # mixed: how many blocks ran in fp16 ("fp16 11/16 blocks")
+    kernels: str = ""                  # "triton" where the fused blocks' Triton kernels ran (fused_blocks)
     seconds: float = 0.0
     peak_bytes: int = None             # peak accelerator memory above the level before the call
     ram_bytes: int = None              # process resident memory after the call
@@ -107,6 +108,9 @@ class GenerationStats:
     def dtypes(self):
         """The dtypes that made the results (after any NaN fallback), sorted."""
         return sorted(set().union(*(c.pixel_dtypes() for c in self.calls)))
+
+    def kernels(self):
+        return sorted({c.kernels for c in self.calls if c.kernels})
 
     def devices(self):
         return sorted({c.device for c in self.calls if c.device})

@@ -22,8 +22,9 @@ def test_default_on_a_gpu_both_fp32_rows_main_dtype_and_one_tiled_row():
     sizes, variants = _plan(H100)
     assert sizes == [1024, 2048]
     assert [v.name for v in variants] == [
-        "diffusers fp32 (TF32)", "diffusers fp32 (strict)", "diffusers bf16", "vaeprec bf16",
-        "vaeprec bf16 tiled", "diffusers bf16 tiled"]
+        "diffusers fp32 (TF32)", "diffusers fp32 (strict)", "diffusers bf16", "vaeprec auto (mixed)",
+        "vaeprec bf16", "vaeprec bf16 tiled", "diffusers bf16 tiled"]
+    assert variants[3].options.dtype == "auto"              # what the product runs by default, beside bf16
     tf32 = {v.name: v.tf32 for v in variants}
     assert tf32["diffusers fp32 (TF32)"] is True and tf32["diffusers fp32 (strict)"] is False
     assert all(tf32[n] is None for n in tf32 if "fp32" not in n)          # the web UIs' setting
@@ -36,7 +37,7 @@ def test_default_on_a_gpu_both_fp32_rows_main_dtype_and_one_tiled_row():
 
 
 def test_default_per_device():
-    assert [v.name for v in _plan(TURING)[1]][2:4] == ["diffusers fp16", "vaeprec fp16"]
+    assert [v.name for v in _plan(TURING)[1]][2:4] == ["diffusers fp16", "vaeprec fp16"]   # auto: fp16
     sizes, variants = _plan(CPU)
     assert sizes == [128]
     assert [v.name for v in variants] == ["diffusers fp32", "vaeprec fp32", "vaeprec fp32 tiled",
@@ -95,7 +96,8 @@ def test_sizes_that_fit_only_tiled_keep_their_tiled_rows():
                          free_bytes=60 * GB, host_free_bytes=200 * GB)
     assert not any(size == 1024 for size, _ in fit.skipped)
     left_out = {name for size, name in fit.skipped if size == 16384}
-    assert left_out == {"diffusers fp32 (TF32)", "diffusers fp32 (strict)", "diffusers bf16", "vaeprec bf16"}
+    assert left_out == {"diffusers fp32 (TF32)", "diffusers fp32 (strict)", "diffusers bf16", "vaeprec auto (mixed)",
+                        "vaeprec bf16"}
     assert fit.tiled_reference == {16384} and "16384px" in fit.notes[0]
 
 

@@ -52,3 +52,54 @@ def test_tiled_call_with_maps_in_host_memory_equals_untiled(kind):
     result = out.sample if kind == "decode" else out.latent_dist.mean
     assert "host" in plan.trades() and result.device.type == "cuda"
     assert psnr(result, reference) > 40          # bf16 rounding differs between bands and the whole map
+
+
+@cuda
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("shape, groups", [((1, 512, 64, 64), 32), ((2, 128, 96, 80), 32), ((1, 256, 33, 17), 32),
+                                           ((1, 96, 40, 24), 24)])
+def test_groupnorm_kernels_compute_what_the_reference_does(fmt, shape, groups):
+    from lib_vaeprec import groupnorm_kernels as kernels
+    if kernels.triton is None:
+        pytest.skip("Triton is not installed")
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(groups, shape[1], eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    norm = norm.cuda().half()
+    x = (torch.randn(*shape, device="cuda") * 3 + 2).half().contiguous(memory_format=fmt)
+    pre = torch.randn(shape[1], device="cuda").half()
+    for silu in (False, True):
+        y = kernels.group_norm(norm, x, silu=silu, pre_bias=pre)
+        expected = kernels.reference.group_norm(norm, x, silu=silu, pre_bias=pre).float()
+        assert y.stride() == x.stride()
+        assert ((y.float() - expected).abs() <= expected.abs() * 2 ** -10 + 2e-3).all()
+    s = torch.randn_like(x)
+    y = kernels.residual(x, s, pre, pre, 1.0)
+    expected = kernels.reference.residual(x, s, pre, pre, 1.0).float()
+    assert ((y.float() - expected).abs() <= expected.abs() * 2 ** -10 + 2e-3).all()
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["bf16", "mixed"])
+def test_the_fused_blocks_decode_as_closely_and_say_so(dtype):
+    from lib_vaeprec import groupnorm_kernels
+    from lib_vaeprec.engine import VaeEngine
+    from lib_vaeprec.options import VaeOptions
+    vae = make_vae(**SMALL).cuda()
+    z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        exact = vae.decode(z).sample
+    results = {}
+    for fast in (False, True):
+        engine = VaeEngine(vae, VaeOptions(dtype=dtype, tiling="off", fast_groupnorm=fast)).attach()
+        try:
+            with torch.no_grad():
+                vae.decode(z)                            # mixed measures its blocks on the first call
+                results[fast] = vae.decode(z).sample
+            kernels = engine.last_call.kernels
+        finally:
+            engine.detach()
+        assert kernels == ("triton" if fast and groupnorm_kernels.triton is not None else "")
+    assert psnr(results[True], exact) >= psnr(results[False], exact) - 0.3

@@ -261,3 +261,26 @@ def test_the_tiling_report_is_the_images_bands_at_the_tile_size_set(tile_size, w
     engine.detach()
     assert format_params(engine.options, gen)["VAE tiling"] == written
 
+
+
+def test_the_kernels_field_says_where_the_triton_kernels_ran():
+    gen = GenerationStats()
+    gen.add(CallStats(kind="decode", dtype="mixed", kernels="triton"))
+    assert format_params(VaeOptions(), gen)["VAE kernels"] == "triton"
+    plain = GenerationStats()
+    plain.add(CallStats(kind="decode", dtype="bf16"))
+    assert "VAE kernels" not in format_params(VaeOptions(), plain)
+    assert parse_params(format_params(VaeOptions(), gen)) == parse_params(format_params(VaeOptions(), plain))
+
+
+def test_a_batch_without_the_kernels_drops_the_previous_batchs_field():
+    from types import SimpleNamespace
+
+    from lib_vaeprec.hosts.session import RenderSession
+    session, p = RenderSession(), SimpleNamespace(extra_generation_params={})
+    session.options = VaeOptions()
+    session.record(CallStats(kind="decode", dtype="mixed", kernels="triton"))
+    assert session.write_infotext(p)["VAE kernels"] == "triton"
+    session.record(CallStats(kind="decode", dtype="bf16"))
+    session.write_infotext(p)
+    assert "VAE kernels" not in p.extra_generation_params

@@ -2,8 +2,9 @@
 
 With no arguments it runs the SD/SDXL VAE architecture with seeded random weights on the best local
 device: plain diffusers in fp32 (on CUDA both with TF32, as the web UIs run it, and strict), plain
-diffusers and VAE Precision in the device's best 16-bit format, and one tiled row of each at the
-largest size, in about a minute on a 2-core CPU.
+diffusers and VAE Precision in the device's best 16-bit format, VAE Precision's `auto` where it runs
+something else there (mixed on a GPU with fp16 and bf16), and one tiled row of each at the largest size,
+in about a minute on a 2-core CPU. The kernels column says where the Triton kernels ran (fused_blocks).
 """
 import argparse
 import math
@@ -13,7 +14,9 @@ import time
 
 import torch
 
+from .. import dtypes as dtype_names
 from .. import options as vae_options
+from .. import policy
 from ..device_caps import best_device, caps_of
 # on: autotuning for the body, off: torch's default (off), as the web UIs leave it
 from ..engine import _cudnn_benchmark as cudnn_autotuning
@@ -65,6 +68,12 @@ def main_dtype(caps):
     if caps.native_bf16:
         return "bf16"
     return "fp16" if caps.native_fp16 else "fp32"
+
+
+def auto_dtype(caps):
+    """What dtype 'auto' runs on this device: mixed, or the one format it picks."""
+    precision = policy.resolve("auto", caps)
+    return "mixed" if precision.mixed else dtype_names.name_of(precision.dtype)
 
 
 def default_sizes(caps):
@@ -202,6 +211,10 @@ def variants_from(args, caps, sizes):
     if not args.no_baseline and not args.tiled_only:
         variants += [runner.Variant(f"diffusers {d}", d, plain=True) for d in dtypes if d in ("bf16", "fp16")]
     if not args.tiled_only:
+        if args.dtypes is None and auto_dtype(caps) != main:
+            # what the product runs by default on this device (mixed on a GPU with fp16 and bf16), beside main
+            variants.append(runner.Variant(f"vaeprec auto ({auto_dtype(caps)})", auto_dtype(caps),
+                                           options=VaeOptions(dtype="auto", **untiled)))
         variants += [runner.Variant(f"vaeprec {d}", d, options=VaeOptions(dtype=d, **untiled)) for d in dtypes]
 
     if args.tiling is None:          # the default: one tiled row, the main dtype at the largest size

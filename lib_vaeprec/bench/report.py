@@ -10,7 +10,7 @@ from . import measure
 COLUMNS = [("size", "size"), ("op", "op"), ("variant", "variant"), ("ms", "ms"), ("x_time", "xfp32"),
            ("first_ms", "1st ms"), ("peak_mib", "peakMiB"), ("x_peak", "xfp32"), ("host_peak_mib", "hostMiB"),
            ("psnr", "psnr"), ("psnr_vs_untiled", "PSNRtile"), ("max_abs", "maxerr"), ("nonfinite", "NaN"),
-           ("tiles", "tiles")]
+           ("tiles", "tiles"), ("kernels", "kernels")]
 ALWAYS = {"size", "op", "variant", "ms", "psnr", "nonfinite"}
 NAMING = {"size", "op", "variant"}
 NONFINITE_MARK = "n/a"     # PSNR and max error of a result holding NaN/Inf: no figure describes it

@@ -298,6 +298,7 @@ def _row(size, batch, op, prepared, timing, ref, untiled, device, input_shape, a
         max_abs=_round(measure.max_abs_error(result, ref), 4) if ref is not None else None,
         nonfinite=measure.nonfinite_count(result), tiles=tiles, tile_px=tile_px,
         dtype_used=stats.dtype if stats else variant.dtype,
+        kernels=(stats.kernels or None) if stats else None,       # "triton": the fused blocks ran
         fallbacks=[str(f) for f in stats.fallbacks] if stats else [],
     )
     if prepared.calls:

@@ -4,12 +4,12 @@ Stats are written into `p.extra_generation_params` in `postprocess_batch`: after
 before its images are saved, so each image's infotext describes its own batch (an img2img or hires encode
 made before a batch counts for that batch).
 """
-from ..infotext import (KEY_DECODE, KEY_DTYPE, KEY_ENCODE, KEY_FALLBACK, KEY_NONFINITE, KEY_OFFLOAD, KEY_PEAK,
-                        KEY_RAM, KEY_TILE_SIZE, KEY_TILING, RESTORES, format_params)
+from ..infotext import (KEY_DECODE, KEY_DTYPE, KEY_ENCODE, KEY_FALLBACK, KEY_KERNELS, KEY_NONFINITE, KEY_OFFLOAD,
+                        KEY_PEAK, KEY_RAM, KEY_TILE_SIZE, KEY_TILING, RESTORES, format_params)
 from ..stats import GenerationStats
 
 ALL_KEYS = (KEY_DTYPE, KEY_DECODE, KEY_ENCODE, KEY_PEAK, KEY_RAM, KEY_TILING, KEY_TILE_SIZE, KEY_OFFLOAD,
-            KEY_FALLBACK, KEY_NONFINITE)
+            KEY_KERNELS, KEY_FALLBACK, KEY_NONFINITE)
 ATTR = "vae_precision_session"   # where the session rides on the processing object `p`
 
 

@@ -145,7 +145,7 @@ def answer(parts, band, stats, keys_values, work_bytes):
     return y / parts.rescale if parts.rescale != 1.0 else y
 
 
-def _fp32_scores_available(q):
+def fp32_scores_available(q):
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _mm_out_dtype()
 
 
@@ -167,7 +167,7 @@ def attend(q, k, v, work_bytes, fp32_scores=None):
     """softmax(q kᵀ / sqrt(d)) v for (B, heads, L, d) queries, answered in chunks of queries that fit
     `work_bytes`. `fp32_scores`: force the explicit product (None: where it is available)."""
     if fp32_scores is None:
-        fp32_scores = _fp32_scores_available(q)
+        fp32_scores = fp32_scores_available(q)
     if not fp32_scores:
         # The fused kernel keeps no score matrix; fewer queries per call would leave the GPU idle (it works
         # on blocks of queries, and there is one head).
@@ -186,7 +186,7 @@ def attend(q, k, v, work_bytes, fp32_scores=None):
     return out
 
 
-def _product(a, b):
+def fp32_product(a, b):
     """a @ b with fp32 accumulation and result: one 16-bit product on CUDA, else in fp32."""
     if a.is_cuda and a.dtype != torch.float32:
         return torch.mm(a, b, out_dtype=torch.float32)
@@ -194,7 +194,7 @@ def _product(a, b):
 
 
 def _chunk(q, kt, v):
-    weights = torch.softmax(_product(q, kt), dim=1).to(v.dtype)   # in the values' format, as fused kernels do
+    weights = torch.softmax(fp32_product(q, kt), dim=1).to(v.dtype)   # in the values' format, as fused kernels do
     return torch.mm(weights, v)
 
 
@@ -221,10 +221,10 @@ def attend_streamed(q, chunks, work_bytes):
 def _online_step(q, kt, v, acc, top, total):
     """One chunk of keys for a chunk of queries: `acc`, `top` and `total` (the running output, largest
     score and sum of exponentials) updated in place."""
-    scores = _product(q, kt)
+    scores = fp32_product(q, kt)
     new_top = torch.maximum(top, scores.amax(dim=1))
     scores.sub_(new_top[:, None]).exp_()
     kept = (top - new_top).exp_()          # what the earlier chunks' sums are worth against the new largest
     total.mul_(kept).add_(scores.sum(dim=1))
-    acc.mul_(kept[:, None]).add_(_product(scores.to(v.dtype), v))
+    acc.mul_(kept[:, None]).add_(fp32_product(scores.to(v.dtype), v))
     top.copy_(new_top)

@@ -201,7 +201,8 @@ def build_site(host, cross):
     spec = HOSTS[host]
     wheels = os.path.join(RIG, "wheels312" if cross else "wheels-cpu")
     site = os.path.join(RIG, host, "site312" if cross else "site-cpu")
-    packages = spec["packages"] + ([] if cross else GPU_LIKE)
+    pinned = {_norm(r.partition("==")[0]) for r in spec["packages"]}
+    packages = spec["packages"] + ([] if cross else [r for r in GPU_LIKE if _norm(r.partition("==")[0]) not in pinned])
     _download(packages, wheels, cross)
     files = [os.path.join(wheels, _wheels_of(requirement, wheels)[-1]) for requirement in packages]
     if os.path.isdir(site):

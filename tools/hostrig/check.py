@@ -278,6 +278,11 @@ class Run:
         self.render("switch/after-interrupt-fp32", self.payload(override_settings=self.mode("fp32")))
         # two renders queued back to back
         self.queued()
+        # the accordion's arguments (alwayson_scripts) for one render: fp32, tiled in 512 px tiles
+        self.render("accordion/fp32-tiled512", self.payload(alwayson_scripts={"VAE Precision": {
+            "args": [True, "use settings", "fp32", "use settings", "always", "512"]}}))
+        self.compare("accordion fp32 tiled 512 vs settings fp32 untiled", "accordion/fp32-tiled512",
+                     f"{models[-1].split('.')[0].replace('rig-', '')}/{base}/fp32")
         # memory: only N GB free at the decode, beside what the web UI keeps resident
         if self.args.plan == "gpu":
             for free_gb in (4, 2):

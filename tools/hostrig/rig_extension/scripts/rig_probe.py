@@ -87,6 +87,18 @@ def _routes(_demo, app):
         return dict(_state, free_gib_now=free, cuda=_cuda(),
                     device=torch.cuda.get_device_name(0) if _cuda() else "cpu", torch=torch.__version__)
 
+    @app.get("/rig/modules")
+    def rig_modules():
+        """Top-level packages loaded now, with where they came from (to see what a bundle must carry)."""
+        import sys
+        found = {}
+        for name, module in list(sys.modules.items()):
+            top = name.split(".")[0]
+            path = getattr(module, "__file__", None) or ""
+            if top not in found and path:
+                found[top] = path
+        return found
+
     @app.post("/rig/config")
     def rig_config(body: dict = Body(...)):
         with _lock:

@@ -197,12 +197,21 @@ class Run:
                     width=size, height=size, sampler_name="Euler", cfg_scale=5, batch_size=1,
                     override_settings_restore_afterwards=True)
         body.update(kw)
+        if self.args.host == "forge" and body.get("enable_hr"):
+            # Forge's processing.py sample() tests `'Use same choices' not in self.hr_additional_modules`,
+            # which the API leaves None
+            body.setdefault("hr_additional_modules", ["Use same choices"])
         return body
 
     def set_model(self, name, vae="None"):
         started = time.time()
         try:
-            self.host.post("/sdapi/v1/options", {"sd_model_checkpoint": name, "sd_vae": vae})
+            if self.args.host == "forge":
+                # Forge picks VAEs as additional modules (modules_forge/main_entry.py), not through sd_vae
+                modules = [] if vae == "None" else [os.path.join(self.args.webui, "models", "VAE", vae)]
+                self.host.post("/sdapi/v1/options", {"sd_model_checkpoint": name, "forge_additional_modules": modules})
+            else:
+                self.host.post("/sdapi/v1/options", {"sd_model_checkpoint": name, "sd_vae": vae})
             self.note(f"switch to {name} / VAE {vae}", seconds=round(time.time() - started, 1), ok=True)
         except Exception as error:  # noqa: BLE001
             self.note(f"switch to {name} / VAE {vae}", ok=False, error=f"{type(error).__name__}: {error}")

@@ -104,5 +104,5 @@ GPU_LIKE = [
     "matplotlib", "jinja2", "aiofiles", "anyio", "typer", "rich", "click", "shellingham", "markdown-it-py",
     "mdurl", "pygments", "tqdm", "requests", "pyyaml", "psutil", "attrs", "narwhals", "toolz", "imageio",
     "tifffile", "lazy-loader", "networkx", "python-dateutil", "six", "joblib",
-    "threadpoolctl", "scikit-learn", "sentencepiece", "peft", "cloudpickle", "xxhash", "safetensors", "filelock", "packaging", "typing-extensions",
+    "threadpoolctl", "scikit-learn", "sentencepiece", "peft", "cloudpickle", "xxhash", "safetensors", "annotated-doc", "filelock", "packaging", "typing-extensions",
 ]

@@ -19,7 +19,8 @@ python3 -m pip install -q --no-deps --no-index --target /tmp/rig-diffusers "$WHE
 echo "unpacked in $(( $(date +%s) - t0 )) s" >> "$R/env.txt"
 # The checkpoints: the GPU machine's own packages plus diffusers (for the bench's VAE construction).
 if [ ! -f "$W/webui/models/Stable-diffusion/rig-sdxl.safetensors" ]; then
-  PYTHONPATH=/tmp/rig-diffusers:$EXT:$W/site312 timeout 300 python3 "$HERE/make_checkpoints.py" --webui "$W/webui" \
+  mkdir -p /tmp/rig-extra && ln -sfn $W/site312/omegaconf $W/site312/antlr4 /tmp/rig-extra/
+  PYTHONPATH=/tmp/rig-diffusers:$EXT:/tmp/rig-extra timeout 300 python3 "$HERE/make_checkpoints.py" --webui "$W/webui" \
     --open-clip-config "$W/site312/open_clip/model_configs/ViT-bigG-14.json" > "$R/checkpoints.log" 2>&1
 fi
 echo "checkpoints ready after $(( $(date +%s) - t0 )) s" >> "$R/env.txt"

@@ -48,6 +48,15 @@ SHARED = [
     "clean-fid==0.1.35", "setuptools==69.5.1", "pytz==2024.2", "tzdata==2024.2", "importlib_metadata==8.5.0",
 ]
 
+# reForge and Forge share launch.py's flags, the CPU/GPU device flags and the VAE dtype flags.
+FORGE_FAMILY_LAUNCH = dict(
+    flags=["--skip-prepare-environment", "--skip-install", "--skip-version-check", "--nowebui", "--api",
+           "--no-download-sd-model", "--no-hashing"],
+    cpu_flags=["--always-cpu"],
+    gpu_flags=["--attention-pytorch"],
+    hf_flags=["--vae-in-fp32", "--vae-in-bf16"],
+)
+
 HOSTS = {
     "reforge": dict(
         mirror="Panchovix+stable-diffusion-webui-reForge", commit="3b56b268ad9158ee8b30900973b6ccda4ec22241",
@@ -59,11 +68,7 @@ HOSTS = {
             "qudida==0.0.4",
         ],
         # launch.py's own flags; the device flags follow (CPU: --always-cpu).
-        flags=["--skip-prepare-environment", "--skip-install", "--skip-version-check", "--nowebui", "--api",
-               "--no-download-sd-model", "--no-hashing"],
-        cpu_flags=["--always-cpu"],
-        gpu_flags=["--attention-pytorch"],
-        hf_flags=["--vae-in-fp32", "--vae-in-bf16"],
+        **FORGE_FAMILY_LAUNCH,
     ),
     "forge": dict(
         mirror="lllyasviel+stable-diffusion-webui-forge", commit="dfdcbab685e57677014f05a3309b48cc87383167",
@@ -73,11 +78,7 @@ HOSTS = {
             "spandrel-extra-arches==0.1.1", "transformers==4.46.1", "tokenizers==0.20.3",
             "huggingface-hub==0.26.2", "diffusers==0.31.0", "peft==0.13.2",
         ],
-        flags=["--skip-prepare-environment", "--skip-install", "--skip-version-check", "--nowebui", "--api",
-               "--no-download-sd-model", "--no-hashing"],
-        cpu_flags=["--always-cpu"],
-        gpu_flags=["--attention-pytorch"],
-        hf_flags=["--vae-in-fp32", "--vae-in-bf16"],
+        **FORGE_FAMILY_LAUNCH,
     ),
     "a1111": dict(
         mirror="kklouzal+stable-diffusion-webui", commit="v1.10.1",
